@@ -1,0 +1,75 @@
+"""The proxy: SessionMiddleware around the passthrough app, plus health endpoints and lifespan."""
+
+from __future__ import annotations
+
+import logging
+
+from .errors import ConfigError
+from .middleware import SessionMiddleware
+from .passthrough import PassthroughApp
+from .replies import send_failure, send_object
+from .settings import Settings
+from .stores import Store, store_from_url
+from .types import Receive, Scope, Send
+from .upstream import UpstreamClient, UpstreamTimeouts
+
+logger = logging.getLogger("statefulproxy")
+
+
+class ProxyApp:
+    """The ASGI app ``statefulproxy`` serves. Opens and closes its clients in the lifespan."""
+
+    def __init__(self, settings: Settings, store: Store | None = None) -> None:
+        if settings.upstream is None:
+            raise ConfigError("upstream: required (--upstream, STATEFULPROXY_UPSTREAM or `upstream` in the config file)")
+        self.settings = settings
+        self.upstream = UpstreamClient(
+            settings.upstream,
+            timeouts=UpstreamTimeouts(connect=settings.connect_timeout, read=settings.read_timeout),
+            max_connections=settings.upstream_max_connections,
+        )
+        self.store = store if store is not None else store_from_url(settings.store, ttl=settings.session_ttl)
+        self.sessions = SessionMiddleware(PassthroughApp(self.upstream), self.store, settings=settings)
+        self.healthz = settings.health_prefix + "/healthz"
+        self.readyz = settings.health_prefix + "/readyz"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path == self.healthz:
+                await send_object(send, 200, {"status": "ok"})
+            elif path == self.readyz:
+                await self._ready(send)
+            else:
+                await self.sessions(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        # websockets are not proxied: returning without accepting closes them
+
+    async def _ready(self, send: Send) -> None:
+        if await self.store.ping():
+            await send_object(send, 200, {"status": "ready"})
+        else:
+            await send_failure(send, 503, "The session store does not answer.", "store_error", "store_unavailable")
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.upstream.open()
+                    await self.store.open()
+                except Exception as exc:  # any startup failure must stop the server, with its reason
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.upstream.aclose()
+                await self.store.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def create_app(settings: Settings) -> ProxyApp:
+    """The proxy app for ``settings``; nothing connects until its lifespan starts."""
+    return ProxyApp(settings)

@@ -1,0 +1,228 @@
+"""One chat request through the session layer: identify, splice, forward, record.
+
+Requests without a session identity reach the app with their original bytes. The body
+is only parsed when a session header is present or the bytes could hold a session field,
+so stateless traffic pays for one substring scan.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from .assemble import AssistantReply
+from .errors import ClientError, StoreError
+from .identity import (
+    MINTED_PREFIX,
+    body_session_id,
+    credential,
+    header_session_id,
+    mint_session_id,
+    resolve_session_id,
+    scope_of,
+)
+from .messages import canonical, title_from, validate_messages
+from .replies import send_error, send_failure
+from .settings import Settings
+from .splice import TurnPlan, plan_turn
+from .stores.base import NewSession, SessionSnapshot, Store, StoredMessage, TurnWrite
+from .tap import ResponseTap
+from .types import ASGIApp, Headers, Message, Receive, Scope, Send
+
+logger = logging.getLogger("statefulproxy")
+
+CHAT_SUFFIX = "/chat/completions"
+# Bytes that a body carrying a session field must contain. "\u" covers keys spelled with
+# JSON escapes, which are rare enough that parsing those bodies costs nothing overall.
+_SESSION_MARKERS = (b"session_id", b"sessionId", b'"store"', b"\\u")
+# Fields the proxy consumes; `store`/`metadata.session_id` stay when forward_store is set.
+_CONSUMED = ("session_id", "sessionId")
+
+
+def is_chat_request(scope: Scope) -> bool:
+    return scope["method"] == "POST" and scope["path"].endswith(CHAT_SUFFIX)
+
+
+class ChatTurn:
+    """Per-request state of one chat request."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        store: Store,
+        settings: Settings,
+        header_names: frozenset[bytes],
+        scope_secret: Callable[[], Awaitable[bytes]],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        self.app = app
+        self.store = store
+        self.settings = settings
+        self.header_names = header_names
+        self.scope_secret = scope_secret
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.body = b""
+        self.replayed = False
+
+    async def run(self) -> None:
+        try:
+            await self._run()
+        except ClientError as error:
+            await send_error(self.send, error)
+        except StoreError as exc:
+            logger.error("session store unavailable: %s", exc)
+            await send_failure(self.send, 503, "The session store is unavailable.", "store_error", "store_unavailable")
+
+    async def _run(self) -> None:
+        headers: Headers = self.scope["headers"]
+        body = self.body = await self._read_body(headers)
+        from_headers = header_session_id(headers, self.header_names)
+        if from_headers is None and not any(marker in body for marker in _SESSION_MARKERS):
+            await self.app(self.scope, self.receive_replayed_body, self.send)
+            return
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            if from_headers is not None:
+                raise ClientError(400, "The request body must be a JSON object for a session request.")
+            await self.app(self.scope, self.receive_replayed_body, self.send)
+            return
+        session_id = resolve_session_id(body_session_id(parsed), from_headers)
+        store_flag = parsed.get("store")
+        if store_flag is not None and not isinstance(store_flag, bool):
+            raise ClientError(400, "'store' must be a boolean.", param="store")
+        if session_id is None and store_flag is not True:
+            await self.app(self.scope, self.receive_replayed_body, self.send)
+            return
+        await self._session_turn(parsed, session_id, store_flag is not False)
+
+    async def _session_turn(self, parsed: dict[str, Any], session_id: str | None, record: bool) -> None:
+        if "messages" not in parsed:
+            raise ClientError(400, "'messages' is required for a session request.", param="messages")
+        sent = validate_messages(parsed["messages"])
+        scope_hash = scope_of(credential(self.scope["headers"]), await self.scope_secret())
+        snapshot: SessionSnapshot | None = None
+        if session_id is None:
+            session_id = mint_session_id()
+        else:
+            snapshot = await self.store.load(scope_hash, session_id)
+            if snapshot is None and session_id.startswith(MINTED_PREFIX):
+                raise ClientError(404, f"No session found with id '{session_id}'.", param="session_id", code="not_found")
+            if snapshot is not None and snapshot.status != "active":
+                raise ClientError(
+                    409, f"Session '{session_id}' is {snapshot.status} and read-only.", code=f"session_{snapshot.status}"
+                )
+        reasoning_field = self.settings.replay_reasoning
+        plan = plan_turn(
+            snapshot.replay if snapshot else (), snapshot.leading_system if snapshot else 0, sent, reasoning_field
+        )
+
+        async def commit(reply: AssistantReply) -> None:
+            if not record:
+                return
+            write = self._turn_write(plan, reply, sent, create=snapshot is None)
+            result = await self.store.commit(scope_hash, session_id, write)
+            if result != "ok":
+                logger.info("turn not recorded: session %s", result)
+
+        scope = self._forward_scope(parsed, plan)
+        tap = ResponseTap(self.send, session_id, commit)
+        await self.app(scope, self.receive_replayed_body, tap.send_and_record)
+
+    def _turn_write(self, plan: TurnPlan, reply: AssistantReply, sent: list[dict[str, Any]], create: bool) -> TurnWrite:
+        now = int(time.time())
+        reasoning_field = self.settings.replay_reasoning
+
+        def stored(replay: bytes, extra: dict[str, Any] | None = None) -> StoredMessage:
+            info = {"id": "msg_" + secrets.token_hex(12), "created_at": now, **(extra or {})}
+            return StoredMessage(replay, orjson.dumps(info))
+
+        message = reply.message
+        if reply.reasoning and reasoning_field != "none":
+            message = {**message, reasoning_field: reply.reasoning}
+        extra: dict[str, Any] = {
+            key: value
+            for key, value in (
+                ("reasoning", reply.reasoning),
+                ("usage", reply.usage),
+                ("finish_reason", reply.finish_reason),
+                ("model", reply.model),
+            )
+            if value is not None
+        }
+        return TurnWrite(
+            head=[stored(replay) for replay in plan.head],
+            tail=[*(stored(replay) for replay in plan.tail), stored(canonical(message, reasoning_field), extra)],
+            drop_leading=plan.drop_leading,
+            tail_leading_system=plan.tail_leading_system,
+            usage=reply.usage or {},
+            title_hint=title_from(sent),
+            create=NewSession() if create else None,
+        )
+
+    def _forward_scope(self, parsed: dict[str, Any], plan: TurnPlan) -> Scope:
+        """The scope the app sees: consumed fields and headers removed, history spliced in."""
+        out = parsed
+        if not self.settings.forward_store:
+            out = {key: value for key, value in parsed.items() if key != "store" and key not in _CONSUMED}
+            metadata = parsed.get("metadata")
+            if isinstance(metadata, dict) and "session_id" in metadata:
+                rest = {key: value for key, value in metadata.items() if key != "session_id"}
+                if rest:
+                    out["metadata"] = rest
+                else:
+                    del out["metadata"]
+        elif any(key in parsed for key in _CONSUMED):
+            out = {key: value for key, value in parsed.items() if key not in _CONSUMED}
+        if plan.forward is not None:
+            out = {**out} if out is parsed else out
+            out["messages"] = orjson.Fragment(b"[" + b",".join(plan.forward) + b"]")
+        if out is not parsed:
+            self.body = orjson.dumps(out)
+        # accept-encoding goes too: an uncompressed reply is recorded and rewritten as it is
+        drop = self.header_names | {b"content-length", b"accept-encoding"}
+        headers = [(name, value) for name, value in self.scope["headers"] if name.lower() not in drop]
+        headers.append((b"content-length", str(len(self.body)).encode()))
+        return {**self.scope, "headers": headers}
+
+    async def _read_body(self, headers: Headers) -> bytes:
+        limit = self.settings.max_body_size
+        for name, value in headers:
+            if name.lower() == b"content-length" and value.isdigit() and int(value) > limit:
+                raise _too_large(limit)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientError(400, "The client disconnected.")  # nobody will read it
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def receive_replayed_body(self) -> Message:
+        # Hand the body out once, then defer to the real receive (which reports the
+        # disconnect): replaying it forever would hang a streaming response.
+        if self.replayed:
+            return await self.receive()
+        self.replayed = True
+        return {"type": "http.request", "body": self.body, "more_body": False}
+
+
+def _too_large(limit: int) -> ClientError:
+    return ClientError(413, f"The request body exceeds the limit of {limit} bytes.", code="request_too_large")

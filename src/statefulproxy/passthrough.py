@@ -1,0 +1,175 @@
+"""The passthrough app: forwards any HTTP request to the upstream and relays the reply.
+
+Request bodies stream upstream as they arrive; response bytes stream back unchanged with
+the upstream's own headers, less hop-by-hop ones (RFC 9110 7.6.1). The relay owns the
+upstream response for the whole ASGI call and closes it on every exit path; a client
+that disconnects cancels the upstream request at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from .errors import ClientError, UpstreamError, UpstreamTimeout
+from .replies import send_error, send_failure
+from .types import Headers, Message, Receive, Scope, Send
+from .upstream import UpstreamClient, UpstreamResponse
+
+logger = logging.getLogger("statefulproxy")
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+
+def end_to_end(headers: Headers | tuple[tuple[bytes, bytes], ...]) -> Headers:
+    """The headers less hop-by-hop ones and those the Connection header names."""
+    named: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            named.update(token.strip().lower() for token in value.split(b","))
+    if not named:
+        return [(name, value) for name, value in headers if name.lower() not in HOP_BY_HOP]
+    return [(name, value) for name, value in headers if (lowered := name.lower()) not in HOP_BY_HOP | named]
+
+
+def check_framing(headers: Headers) -> None:
+    """Refuse a request whose length is ambiguous (request smuggling, RFC 9112 6.3)."""
+    has_length = has_chunked = False
+    for name, _ in headers:
+        lowered = name.lower()
+        if lowered == b"content-length":
+            has_length = True
+        elif lowered == b"transfer-encoding":
+            has_chunked = True
+    if has_length and has_chunked:
+        raise ClientError(400, "A request may not carry both Content-Length and Transfer-Encoding.", code="bad_framing")
+
+
+class PassthroughApp:
+    """An ASGI app that relays every HTTP request to the upstream."""
+
+    def __init__(self, upstream: UpstreamClient) -> None:
+        self.upstream = upstream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return  # websockets are not proxied; lifespan is handled by the composing app
+        await Relay(self.upstream, scope, receive, send).run()
+
+
+class Relay:
+    """One request's trip to the upstream and back."""
+
+    def __init__(self, upstream: UpstreamClient, scope: Scope, receive: Receive, send: Send) -> None:
+        self.upstream = upstream
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.disconnected = False
+        self.body_done = asyncio.Event()
+
+    async def run(self) -> None:
+        scope = self.scope
+        try:
+            check_framing(scope["headers"])
+        except ClientError as error:
+            await send_error(self.send, error)
+            return
+        headers = [
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in end_to_end(scope["headers"])
+            if name != b"host"
+        ]
+        target = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        if scope["query_string"]:
+            target += "?" + scope["query_string"].decode("latin-1")
+        first = await self.receive()
+        if first["type"] == "http.disconnect":
+            return
+        body: bytes | AsyncIterator[bytes] | None
+        if first.get("more_body", False):
+            body = self._stream_body(first.get("body", b""))
+        else:
+            body = first.get("body", b"") or None
+            self.body_done.set()
+
+        task = asyncio.current_task()
+        assert task is not None
+        watcher = asyncio.get_running_loop().create_task(self._watch_disconnect(task))
+        try:
+            await self._relay(scope["method"], target, headers, body)
+        except asyncio.CancelledError:
+            if not self.disconnected:
+                raise
+            task.uncancel()
+            logger.info("client disconnected; upstream request cancelled")
+        finally:
+            watcher.cancel()
+
+    async def _relay(
+        self, method: str, target: str, headers: list[tuple[str, str]], body: bytes | AsyncIterator[bytes] | None
+    ) -> None:
+        try:
+            response = await self.upstream.request(method, target, headers, body)
+        except UpstreamTimeout as exc:
+            logger.warning("%s", exc)
+            await send_failure(self.send, 504, "The upstream did not answer in time.", "upstream_error", "timeout")
+            return
+        except UpstreamError as exc:
+            logger.warning("%s", exc)
+            await send_failure(self.send, 502, "The upstream could not be reached.", "upstream_error", "bad_gateway")
+            return
+        try:
+            await self._relay_response(response)
+        finally:
+            response.close()
+
+    async def _relay_response(self, response: UpstreamResponse) -> None:
+        send = self.send
+        await send({"type": "http.response.start", "status": response.status, "headers": end_to_end(response.headers)})
+        try:
+            async for chunk in response.chunks():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except UpstreamError as exc:
+            # Returning without the final message aborts the client's connection, so a cut
+            # stream never looks like a complete answer (CONTRACT.md section 4, Recording).
+            logger.warning("upstream response cut: %s", exc)
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _stream_body(self, first: bytes) -> AsyncIterator[bytes]:
+        if first:
+            yield first
+        while True:
+            message: Message = await self.receive()
+            if message["type"] == "http.disconnect":
+                self.disconnected = True
+                raise asyncio.CancelledError
+            chunk = message.get("body", b"")
+            if chunk:
+                yield chunk
+            if not message.get("more_body", False):
+                break
+        self.body_done.set()
+
+    async def _watch_disconnect(self, task: asyncio.Task[None]) -> None:
+        await self.body_done.wait()
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                self.disconnected = True
+                task.cancel()
+                return

@@ -1,0 +1,84 @@
+"""The splice decision: what to send upstream and what to record, per CONTRACT.md section 4.
+
+Given the stored history (as canonical replay bytes) and the messages a request sent:
+
+- new        nothing stored: forward as sent, record them all;
+- full_array the stored history is a prefix of what was sent (clients and coding agents
+             that resend the transcript): forward as sent, record only the new tail;
+- resume     no assistant message was sent: stored history + the sent messages, with
+             sent leading system/developer messages replacing the stored leading ones;
+- replace    assistant messages that diverge from the stored history: forward as sent,
+             the sent array becomes the history.
+
+Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from .messages import ReasoningField, canonical, leading_system_count
+from .stores.base import DROP_ALL
+
+SpliceMode = Literal["new", "full_array", "resume", "replace"]
+
+
+@dataclass(frozen=True, slots=True)
+class TurnPlan:
+    mode: SpliceMode
+    forward: list[bytes] | None  # serialized messages of the outgoing `messages` array; None: as sent
+    head: list[bytes]  # canonical messages that replace the stored leading system ones
+    tail: list[bytes]  # canonical messages appended (before the reply)
+    drop_leading: int
+    tail_leading_system: int
+
+
+def plan_turn(
+    stored: Sequence[bytes],
+    stored_leading_system: int,
+    sent: Sequence[dict[str, Any]],
+    reasoning_field: ReasoningField = "none",
+) -> TurnPlan:
+    """Decide how a turn is spliced and recorded. ``sent`` is already validated."""
+
+    def canon(messages: Sequence[dict[str, Any]]) -> list[bytes]:
+        return [canonical(message, reasoning_field) for message in messages]
+
+    def as_sent(messages: Sequence[dict[str, Any]]) -> list[bytes]:
+        return [orjson.dumps(message) for message in messages]
+
+    if not stored:
+        return TurnPlan("new", None, [], canon(sent), 0, leading_system_count(sent))
+
+    if _is_prefix(stored, sent, reasoning_field):
+        tail = sent[len(stored) :]
+        return TurnPlan("full_array", None, [], canon(tail), 0, leading_system_count(tail))
+
+    if not any(message["role"] == "assistant" for message in sent):
+        sent_lead = leading_system_count(sent)
+        rest = sent[sent_lead:]
+        head = canon(sent[:sent_lead])
+        if not head or head == list(stored[:stored_leading_system]):
+            # no system prompt sent, or the same one again: keep the stored one
+            head, drop = [], 0
+            forward = list(stored) + as_sent(rest)
+        else:
+            drop = stored_leading_system
+            forward = as_sent(sent[:sent_lead]) + list(stored[drop:]) + as_sent(rest)
+        return TurnPlan("resume", forward, head, canon(rest), drop, leading_system_count(rest))
+
+    return TurnPlan("replace", None, [], canon(sent), DROP_ALL, leading_system_count(sent))
+
+
+def _is_prefix(stored: Sequence[bytes], sent: Sequence[dict[str, Any]], reasoning_field: ReasoningField) -> bool:
+    count = len(stored)
+    if len(sent) < count:
+        return False
+    # the last stored message is the likeliest to differ: check it before the rest
+    if canonical(sent[count - 1], reasoning_field) != stored[count - 1]:
+        return False
+    return all(canonical(sent[i], reasoning_field) == stored[i] for i in range(count - 1))

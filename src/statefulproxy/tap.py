@@ -1,0 +1,181 @@
+"""The response tap: relays the app's response while reassembling the reply to record.
+
+A streamed reply passes through message by message, unchanged; a copy (decoded if the
+upstream compressed it) feeds the SSE recorder. The turn is committed before the message
+that carries ``[DONE]`` is forwarded, so a client that sends its next request the moment
+it sees ``[DONE]`` finds the turn stored. A non-streamed JSON reply is small and has to
+be rewritten anyway (``metadata.session_id``), so it is held until committed.
+
+If the commit fails the client must not take the reply for a recorded one: a held JSON
+reply becomes a 503, a stream is cut (its end is never sent, which aborts the connection).
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Awaitable, Callable
+
+import orjson
+
+from .assemble import AssistantReply, ChatStreamRecorder, reply_from_completion
+from .errors import StoreError, error_body
+from .types import Headers, Message, Send
+
+logger = logging.getLogger("statefulproxy")
+
+Commit = Callable[[AssistantReply], Awaitable[None]]
+
+# a JSON reply larger than this is relayed without being recorded
+MAX_HELD_REPLY = 64 * 1024 * 1024
+
+
+class ResponseTap:
+    """Wraps ``send`` for one chat turn; ``send_and_record`` is the wrapper."""
+
+    def __init__(self, send: Send, session_id: str, commit: Commit) -> None:
+        self._send = send
+        self._session_id = session_id.encode()
+        self._commit = commit
+        self._mode: str = "relay"  # relay | stream | json | cut
+        self._start: Message | None = None
+        self._held: list[bytes] = []
+        self._held_size = 0
+        self._decoder: zlib._Decompress | None = None
+        self._recorder: ChatStreamRecorder | None = None
+        self.committed = False
+
+    async def send_and_record(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            await self._on_start(message)
+        elif message["type"] == "http.response.body":
+            await self._on_body(message)
+        else:
+            await self._send(message)
+
+    async def _on_start(self, message: Message) -> None:
+        headers: Headers = list(message.get("headers", ()))
+        content_type = encoding = b""
+        for name, value in headers:
+            lowered = name.lower()
+            if lowered == b"content-type":
+                content_type = value.lower()
+            elif lowered == b"content-encoding":
+                encoding = value.strip().lower()
+        headers.append((b"x-session-id", self._session_id))
+        message = {**message, "headers": headers}
+        status = message["status"]
+        decodable = encoding in (b"", b"identity", b"gzip", b"x-gzip", b"deflate")
+        if 200 <= status < 300 and decodable:
+            if encoding in (b"gzip", b"x-gzip"):
+                self._decoder = zlib.decompressobj(zlib.MAX_WBITS | 16)
+            elif encoding == b"deflate":
+                self._decoder = zlib.decompressobj()
+            if content_type.startswith(b"text/event-stream"):
+                self._mode = "stream"
+                self._recorder = ChatStreamRecorder()
+            elif b"json" in content_type:
+                self._mode = "json"
+                self._start = message
+                return
+        await self._send(message)
+
+    async def _on_body(self, message: Message) -> None:
+        if self._mode == "stream":
+            await self._on_stream_body(message)
+        elif self._mode == "json":
+            await self._on_json_body(message)
+        elif self._mode == "relay":
+            await self._send(message)
+        # "cut": the commit failed; swallow the rest so the response never completes
+
+    async def _on_stream_body(self, message: Message) -> None:
+        recorder = self._recorder
+        assert recorder is not None
+        chunk = message.get("body", b"")
+        if chunk and not (recorder.done or recorder.failed):
+            try:
+                recorder.feed(self._decoded(chunk))
+            except (ValueError, zlib.error):
+                logger.warning("unreadable event stream from upstream; turn not recorded")
+                self._mode = "relay"
+            if recorder.done and not self.committed:
+                try:
+                    await self._commit(recorder.result())
+                except StoreError as exc:
+                    logger.error("turn not recorded, cutting the stream: %s", exc)
+                    self._mode = "cut"
+                    return
+                self.committed = True
+        await self._send(message)
+
+    async def _on_json_body(self, message: Message) -> None:
+        self._held.append(message.get("body", b""))
+        self._held_size += len(self._held[-1])
+        more_body = message.get("more_body", False)
+        if self._held_size > MAX_HELD_REPLY:
+            await self._release_unrecorded(more_body)
+            return
+        if more_body:
+            return
+        raw = b"".join(self._held)
+        try:
+            body = self._decoded(raw) if self._decoder is not None else raw
+            parsed = orjson.loads(body)
+        except (ValueError, zlib.error):
+            await self._release_unrecorded(False)
+            return
+        reply = reply_from_completion(parsed)
+        if reply is None:
+            await self._release_unrecorded(False)
+            return
+        try:
+            await self._commit(reply)
+        except StoreError as exc:
+            logger.error("turn not recorded: %s", exc)
+            await self._send_store_failure()
+            return
+        self.committed = True
+        await self._send_json(self._with_session_id(parsed, body), drop_encoding=self._decoder is not None)
+
+    def _decoded(self, chunk: bytes) -> bytes:
+        return chunk if self._decoder is None else self._decoder.decompress(chunk)
+
+    def _with_session_id(self, parsed: object, body: bytes) -> bytes:
+        if not isinstance(parsed, dict):
+            return body
+        metadata = parsed.get("metadata")
+        if metadata is None and body.lstrip().startswith(b"{"):
+            # splice the key in rather than re-serialising the whole reply
+            start = body.index(b"{") + 1
+            rest = body[start:].lstrip()
+            separator = b"" if rest.startswith(b"}") else b","
+            field = b'"metadata":{"session_id":' + orjson.dumps(self._session_id.decode()) + b"}"
+            return body[:start] + field + separator + body[start:]
+        if isinstance(metadata, dict):
+            parsed["metadata"] = {**metadata, "session_id": self._session_id.decode()}
+            return orjson.dumps(parsed)
+        return body
+
+    async def _send_json(self, body: bytes, *, drop_encoding: bool) -> None:
+        start = self._start
+        assert start is not None
+        skip = {b"content-length", b"content-encoding"} if drop_encoding else {b"content-length"}
+        headers = [(name, value) for name, value in start["headers"] if name.lower() not in skip]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await self._send({**start, "headers": headers})
+        await self._send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def _release_unrecorded(self, more_body: bool) -> None:
+        assert self._start is not None
+        self._mode = "relay"
+        await self._send(self._start)
+        held, self._held = self._held, []
+        await self._send({"type": "http.response.body", "body": b"".join(held), "more_body": more_body})
+
+    async def _send_store_failure(self) -> None:
+        body = error_body("The session store is unavailable; the turn was not recorded.", "store_error", None, None)
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        headers.append((b"x-session-id", self._session_id))
+        await self._send({"type": "http.response.start", "status": 503, "headers": headers})
+        await self._send({"type": "http.response.body", "body": body, "more_body": False})
