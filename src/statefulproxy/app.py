@@ -21,7 +21,9 @@ class ProxyApp:
 
     def __init__(self, settings: Settings, store: Store | None = None) -> None:
         if settings.upstream is None:
-            raise ConfigError("upstream: required (--upstream, STATEFULPROXY_UPSTREAM or `upstream` in the config file)")
+            raise ConfigError(
+                "upstream: required (--upstream, STATEFULPROXY_UPSTREAM or `upstream` in the config file)"
+            )
         self.settings = settings
         self.upstream = UpstreamClient(
             settings.upstream,

@@ -45,7 +45,8 @@ _CONSUMED = ("session_id", "sessionId")
 
 
 def is_chat_request(scope: Scope) -> bool:
-    return scope["method"] == "POST" and scope["path"].endswith(CHAT_SUFFIX)
+    path: str = scope["path"]
+    return scope["method"] == "POST" and path.endswith(CHAT_SUFFIX)
 
 
 class ChatTurn:
@@ -118,10 +119,14 @@ class ChatTurn:
         else:
             snapshot = await self.store.load(scope_hash, session_id)
             if snapshot is None and session_id.startswith(MINTED_PREFIX):
-                raise ClientError(404, f"No session found with id '{session_id}'.", param="session_id", code="not_found")
+                raise ClientError(
+                    404, f"No session found with id '{session_id}'.", param="session_id", code="not_found"
+                )
             if snapshot is not None and snapshot.status != "active":
                 raise ClientError(
-                    409, f"Session '{session_id}' is {snapshot.status} and read-only.", code=f"session_{snapshot.status}"
+                    409,
+                    f"Session '{session_id}' is {snapshot.status} and read-only.",
+                    code=f"session_{snapshot.status}",
                 )
         reasoning_field = self.settings.replay_reasoning
         plan = plan_turn(

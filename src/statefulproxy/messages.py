@@ -40,9 +40,8 @@ def minimal(message: Mapping[str, Any], reasoning_field: ReasoningField = "none"
     if role == "assistant":
         return _minimal_assistant(message, reasoning_field)
     if role == "tool":
-        out: dict[str, Any] = {"role": "tool", "tool_call_id": message.get("tool_call_id"), "content": message.get("content")}
-        return out
-    out = {"role": role, "content": message.get("content")}
+        return {"role": "tool", "tool_call_id": message.get("tool_call_id"), "content": message.get("content")}
+    out: dict[str, Any] = {"role": role, "content": message.get("content")}
     if message.get("name") is not None:
         out["name"] = message["name"]
     return out

@@ -42,7 +42,8 @@ def end_to_end(headers: Headers | tuple[tuple[bytes, bytes], ...]) -> Headers:
             named.update(token.strip().lower() for token in value.split(b","))
     if not named:
         return [(name, value) for name, value in headers if name.lower() not in HOP_BY_HOP]
-    return [(name, value) for name, value in headers if (lowered := name.lower()) not in HOP_BY_HOP | named]
+    dropped = HOP_BY_HOP | named
+    return [(name, value) for name, value in headers if name.lower() not in dropped]
 
 
 def check_framing(headers: Headers) -> None:

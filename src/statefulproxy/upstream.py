@@ -42,7 +42,7 @@ class UpstreamResponse:
         try:
             async for chunk in self._response.content.iter_any():
                 yield chunk
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise _translate(exc) from exc
 
     def close(self) -> None:
@@ -99,7 +99,7 @@ class UpstreamClient:
                 allow_redirects=False,
                 compress=None,
             )
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise _translate(exc) from exc
         return UpstreamResponse(response)
 

@@ -1,0 +1,100 @@
+"""The ``statefulproxy`` command: flags -> Settings -> uvicorn serving the proxy app."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn, get_args
+
+from statefulproxy import __version__
+from statefulproxy.errors import ConfigError
+from statefulproxy.settings import LogLevel, Settings, load_settings
+
+Runner = Callable[[Settings], None]
+
+_UPSTREAM_REQUIRED = "upstream: required (--upstream, STATEFULPROXY_UPSTREAM or `upstream` in the config file)"
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    # argparse prints the usage block and exits itself; we want one line, printed by main().
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(f"{message} (see statefulproxy --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _ArgumentParser(
+        prog="statefulproxy",
+        description="A reverse proxy that adds server-side conversation sessions to a stateless LLM API.",
+        epilog="Every setting can also come from STATEFULPROXY_<NAME> or the config file "
+        "(see config.example.yaml). Precedence: flag > environment > config file > default.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--upstream", metavar="URL", help="the API to forward to, e.g. https://api.openai.com")
+    parser.add_argument("--store", metavar="URL", help="memory:// (default), redis://host:port/db or rediss://...")
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", help="port to listen on (default 8080)")
+    parser.add_argument("--config", metavar="FILE", help="YAML config file (default: $STATEFULPROXY_CONFIG)")
+    parser.add_argument("--log-level", metavar="{" + ",".join(get_args(LogLevel)) + "}", help="default info")
+    parser.add_argument("--version", action="version", version=f"statefulproxy {__version__}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, run: Runner | None = None) -> int:
+    """Run the proxy; return the exit status. `run` serves the settings (default: uvicorn)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help and --version, after printing
+        return exc.code if isinstance(exc.code, int) else 0
+    except _UsageError as exc:
+        return _fail(str(exc))
+    try:
+        settings = load_settings(vars(args), os.environ)
+        if settings.upstream is None:
+            raise ConfigError(_UPSTREAM_REQUIRED)
+        (run or serve)(settings)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    return 0
+
+
+def serve(settings: Settings) -> None:
+    """Serve the proxy with uvicorn until it is stopped."""
+    import uvicorn
+
+    from statefulproxy.app import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        lifespan="on",  # a failing startup (store unreachable) stops the server
+        log_level=settings.log_level,
+        log_config=_log_config(settings.log_level),
+        access_log=settings.access_log,
+        loop="uvloop",
+        http="httptools",
+        proxy_headers=False,
+        server_header=False,
+        date_header=False,
+    )
+
+
+def _log_config(level: LogLevel) -> dict[str, Any]:
+    # uvicorn's own config, plus our loggers on its stderr handler.
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["statefulproxy"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    return config
+
+
+def _fail(message: str) -> int:
+    print(f"statefulproxy: error: {message}", file=sys.stderr)
+    return 2

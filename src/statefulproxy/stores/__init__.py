@@ -1,0 +1,63 @@
+"""Session stores: where session metadata and history live."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from ..errors import ConfigError
+from .base import (
+    DROP_ALL,
+    CommitResult,
+    NewSession,
+    SessionRecord,
+    SessionSnapshot,
+    SessionStatus,
+    Store,
+    StoredMessage,
+    TurnWrite,
+)
+from .memory import MemoryStore
+
+__all__ = [
+    "DROP_ALL",
+    "CommitResult",
+    "MemoryStore",
+    "NewSession",
+    "SessionRecord",
+    "SessionSnapshot",
+    "SessionStatus",
+    "Store",
+    "StoredMessage",
+    "TurnWrite",
+    "store_from_url",
+]
+
+
+def store_from_url(
+    url: str,
+    *,
+    ttl: float | None,
+    clock: Callable[[], float] = time.time,
+    key_prefix: str = "sp",
+) -> Store:
+    """The store a ``--store`` URL names: ``memory://``, ``redis://`` or ``rediss://``.
+
+    ``ttl`` is the inactivity TTL in seconds (None: never expire). Nothing connects
+    here; call ``open()``. Raises ConfigError for an unknown scheme or a bad URL.
+    """
+    scheme = urlsplit(url).scheme.lower()
+    if ttl is not None and ttl <= 0:
+        raise ConfigError(f"store: ttl must be a positive number of seconds or None, not {ttl!r}")
+    if scheme == "memory":
+        return MemoryStore(ttl=ttl, clock=clock)
+    if scheme in ("redis", "rediss"):
+        # Imported here so that running with memory:// never imports redis.
+        from .redis import RedisStore
+
+        try:
+            return RedisStore(url, ttl=ttl, clock=clock, key_prefix=key_prefix)
+        except ValueError as exc:
+            raise ConfigError(f"store: invalid redis URL: {exc}") from exc
+    raise ConfigError(f"store: unknown scheme {scheme!r} (use memory:// or redis://...)")
