@@ -46,7 +46,8 @@ def test_store_true_mints_a_session_and_resume_splices_history(stack: Stack) -> 
         raw = client.chat.completions.with_raw_response.create(model="m", messages=[user("hi")], store=True)
         first = raw.parse()
         session_id = first.metadata["session_id"]  # type: ignore[index]
-        assert session_id.startswith("sess_") and len(session_id) == 5 + 32
+        assert session_id.startswith("sess_")
+        assert len(session_id) == 5 + 32
         assert raw.headers["x-session-id"] == session_id
         second = client.chat.completions.create(
             model="m", messages=[user("again")], metadata={"session_id": session_id}, store=True
@@ -54,7 +55,8 @@ def test_store_true_mints_a_session_and_resume_splices_history(stack: Stack) -> 
     assert second.choices[0].message.content == "reply 2"
     assert sent_messages(stack) == [user("hi"), assistant("reply 1"), user("again")]
     forwarded = stack.upstream.chat_requests[-1].json
-    assert "store" not in forwarded and "metadata" not in forwarded
+    assert "store" not in forwarded
+    assert "metadata" not in forwarded
     assert history(stack, session_id) == [user("hi"), assistant("reply 1"), user("again"), assistant("reply 2")]
 
 
@@ -118,7 +120,14 @@ def test_system_prompt_sent_every_turn_is_not_repeated_and_a_new_one_replaces_it
         assert sent_messages(stack) == [system, user("one"), assistant("reply 1"), user("two")]
         changed = {"role": "developer", "content": "you are chatty"}
         client.chat.completions.create(model="m", messages=[changed, user("three")])  # type: ignore[list-item]
-    assert sent_messages(stack) == [changed, user("one"), assistant("reply 1"), user("two"), assistant("reply 2"), user("three")]
+    assert sent_messages(stack) == [
+        changed,
+        user("one"),
+        assistant("reply 1"),
+        user("two"),
+        assistant("reply 2"),
+        user("three"),
+    ]
     assert history(stack, "sys")[0] == changed
     assert len(history(stack, "sys")) == 7
 
@@ -181,7 +190,8 @@ def test_bad_session_ids_are_400_and_nothing_is_forwarded(
         response = http.post("/v1/chat/completions", json=body, headers=headers)
     assert response.status_code == 400
     error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"} and error["code"] == code
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == code
     assert stack.upstream.chat_requests == []
 
 
@@ -289,7 +299,8 @@ def test_concurrent_turns_each_land_whole(stack: Stack) -> None:
     stored = history(stack, "busy")
     assert len(stored) == 24
     for position in range(0, 24, 2):  # every user message is followed by its own reply
-        assert stored[position]["role"] == "user" and stored[position + 1]["role"] == "assistant"
+        assert stored[position]["role"] == "user"
+        assert stored[position + 1]["role"] == "assistant"
 
 
 def test_reasoning_is_kept_beside_the_message_and_not_replayed(stack: Stack) -> None:
@@ -327,8 +338,11 @@ def test_management_reads_pages_ends_and_deletes(stack: Stack) -> None:
             client.chat.completions.create(model="m", messages=[user(f"u{turn}")])
     with stack.http() as http:
         session = http.get("/v1/sessions/long").json()
-        assert session["object"] == "session" and session["message_count"] == 26
-        assert session["title"] == "u0" and session["status"] == "active" and session["expires_at"] is None
+        assert session["object"] == "session"
+        assert session["message_count"] == 26
+        assert session["title"] == "u0"
+        assert session["status"] == "active"
+        assert session["expires_at"] is None
         assert session["usage"]["total_tokens"] > 0
         walked: list[str] = []
         after: str | None = None
@@ -342,7 +356,9 @@ def test_management_reads_pages_ends_and_deletes(stack: Stack) -> None:
         by_page = [
             m["id"] for n in range(2) for m in http.get("/v1/sessions/long/messages", params={"page": n}).json()["data"]
         ]
-        assert len(walked) == 26 and walked == by_page and len(set(walked)) == 26
+        assert len(walked) == 26
+        assert walked == by_page
+        assert len(set(walked)) == 26
         desc = http.get("/v1/sessions/long/messages", params={"order": "desc", "limit": 3}).json()
         assert [m["id"] for m in desc["data"]] == walked[::-1][:3]
         deleted = http.delete("/v1/sessions/long").json()
@@ -355,7 +371,8 @@ def test_stateless_chat_requests_pass_through_byte_for_byte(stack: Stack) -> Non
     body = b'{"model":"m",  "messages":[{"role":"user","content":"h\\u00e9 session_id"}], "store": false}'
     with stack.http() as http:
         response = http.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
-    assert response.status_code == 200 and "x-session-id" not in response.headers
+    assert response.status_code == 200
+    assert "x-session-id" not in response.headers
     received = stack.upstream.chat_requests[-1]
     assert received.body == body
     assert received.header("authorization") == "Bearer key-1"

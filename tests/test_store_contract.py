@@ -85,13 +85,15 @@ def store_url(backend: str, request: pytest.FixtureRequest) -> str:
 async def make_store(backend: str, store_url: str, anyio_backend: str) -> AsyncIterator[StoreFactory]:
     factory = StoreFactory(backend, store_url)
     yield factory
-    for store in factory.stores:
-        if isinstance(store, RedisStore):  # leave nothing behind on a shared $REDIS_URL
-            if keys := await factory.keys(store):
-                await store.client.delete(*keys)
-            break
-    for store in factory.stores:
-        await store.aclose()
+    try:
+        for store in factory.stores:
+            if isinstance(store, RedisStore):  # leave nothing behind on a shared $REDIS_URL
+                if keys := await factory.keys(store):
+                    await store.client.delete(*keys)
+                break
+    finally:
+        for store in factory.stores:
+            await store.aclose()
 
 
 @pytest.fixture

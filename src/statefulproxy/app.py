@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from .errors import ConfigError
+from .errors import ConfigError, StoreError
 from .middleware import SessionMiddleware
 from .passthrough import PassthroughApp
 from .replies import send_failure, send_object
@@ -61,7 +61,12 @@ class ProxyApp:
                 try:
                     await self.upstream.open()
                     await self.store.open()
-                except Exception as exc:  # any startup failure must stop the server, with its reason
+                except StoreError as exc:
+                    # not fatal: /readyz says so, session requests get 503, the rest flows,
+                    # and the store client reconnects by itself when the store is back
+                    logger.error("session store unavailable at startup: %s", exc)
+                except Exception as exc:  # any other startup failure stops the server, with its reason
+                    await self.upstream.aclose()
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})

@@ -145,15 +145,15 @@ class ResponseTap:
         if not isinstance(parsed, dict):
             return body
         metadata = parsed.get("metadata")
-        if metadata is None and body.lstrip().startswith(b"{"):
+        if "metadata" not in parsed and body.lstrip().startswith(b"{"):
             # splice the key in rather than re-serialising the whole reply
             start = body.index(b"{") + 1
             rest = body[start:].lstrip()
             separator = b"" if rest.startswith(b"}") else b","
             field = b'"metadata":{"session_id":' + orjson.dumps(self._session_id.decode()) + b"}"
             return body[:start] + field + separator + body[start:]
-        if isinstance(metadata, dict):
-            parsed["metadata"] = {**metadata, "session_id": self._session_id.decode()}
+        if metadata is None or isinstance(metadata, dict):
+            parsed["metadata"] = {**(metadata or {}), "session_id": self._session_id.decode()}
             return orjson.dumps(parsed)
         return body
 
