@@ -388,3 +388,21 @@ def test_session_reply_json_names_the_session() -> None:
     assert payload["choices"][0]["message"]["content"] == "reply 1"
     assert int(response.headers["content-length"]) == len(response.content)
     assert json.loads(response.content) == payload
+
+
+def test_request_metadata_becomes_the_new_sessions_metadata_and_is_not_forwarded(stack: Stack) -> None:
+    with stack.client() as client:
+        client.chat.completions.create(
+            model="m", messages=[user("x")], store=True, metadata={"session_id": "meta", "team": "blue"}
+        )
+    assert "metadata" not in stack.upstream.chat_requests[-1].json
+    with stack.http() as http:
+        assert http.get("/v1/sessions/meta").json()["metadata"] == {"team": "blue"}
+
+
+def test_upstream_x_session_id_header_is_not_duplicated(stack: Stack) -> None:
+    stack.upstream.push(reply.error(400, headers=[("x-session-id", "upstream-own")]))
+    with stack.http() as http:
+        body = {"model": "m", "messages": [user("x")]}
+        response = http.post("/v1/chat/completions", json=body, headers={"session-id": "ours"})
+    assert response.headers.get_list("x-session-id") == ["ours"]

@@ -136,7 +136,7 @@ class ChatTurn:
         async def commit(reply: AssistantReply) -> None:
             if not record:
                 return
-            write = self._turn_write(plan, reply, sent, create=snapshot is None)
+            write = self._turn_write(plan, reply, sent, parsed.get("metadata"), create=snapshot is None)
             result = await self.store.commit(scope_hash, session_id, write)
             if result != "ok":
                 logger.info("turn not recorded: session %s", result)
@@ -145,7 +145,9 @@ class ChatTurn:
         tap = ResponseTap(self.send, session_id, commit)
         await self.app(scope, self.receive_replayed_body, tap.send_and_record)
 
-    def _turn_write(self, plan: TurnPlan, reply: AssistantReply, sent: list[dict[str, Any]], create: bool) -> TurnWrite:
+    def _turn_write(
+        self, plan: TurnPlan, reply: AssistantReply, sent: list[dict[str, Any]], parsed_metadata: object, create: bool
+    ) -> TurnWrite:
         now = int(time.time())
         reasoning_field = self.settings.replay_reasoning
 
@@ -173,7 +175,7 @@ class ChatTurn:
             tail_leading_system=plan.tail_leading_system,
             usage=reply.usage or {},
             title_hint=title_from(sent),
-            create=NewSession() if create else None,
+            create=NewSession(metadata=session_metadata(parsed_metadata)) if create else None,
         )
 
     def _forward_scope(self, parsed: dict[str, Any], plan: TurnPlan) -> Scope:
@@ -182,7 +184,11 @@ class ChatTurn:
         if not self.settings.forward_store:
             out = {key: value for key, value in parsed.items() if key != "store" and key not in _CONSUMED}
             metadata = parsed.get("metadata")
-            if isinstance(metadata, dict) and "session_id" in metadata:
+            if "store" in parsed:
+                # OpenAI accepts `metadata` only beside `store: true` (notes/providers.md), and a
+                # chat turn that creates a session keeps it as the session's metadata
+                out.pop("metadata", None)
+            elif isinstance(metadata, dict) and "session_id" in metadata:
                 rest = {key: value for key, value in metadata.items() if key != "session_id"}
                 if rest:
                     out["metadata"] = rest
@@ -227,6 +233,18 @@ class ChatTurn:
             return await self.receive()
         self.replayed = True
         return {"type": "http.request", "body": self.body, "more_body": False}
+
+
+def session_metadata(metadata: object) -> dict[str, str]:
+    """The string pairs of a request's ``metadata``, less the session id, within OpenAI's limits."""
+    if not isinstance(metadata, dict):
+        return {}
+    pairs = [
+        (key, value)
+        for key, value in metadata.items()
+        if key != "session_id" and isinstance(value, str) and len(key) <= 64 and len(value) <= 512
+    ]
+    return dict(pairs[:16])
 
 
 def _too_large(limit: int) -> ClientError:

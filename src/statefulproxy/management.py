@@ -110,7 +110,7 @@ def _int_param(query: dict[str, str], name: str, default: int, low: int, high: i
     raw = query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit() and len(raw) < 100) or not low <= int(raw) <= high:
         raise ClientError(400, f"'{name}' must be an integer from {low} to {high}.", param=name)
     return int(raw)
 

@@ -59,6 +59,10 @@ def check_framing(headers: Headers) -> None:
         raise ClientError(400, "A request may not carry both Content-Length and Transfer-Encoding.", code="bad_framing")
 
 
+class ClientDisconnected(Exception):
+    """The client went away while its request body was being forwarded."""
+
+
 class PassthroughApp:
     """An ASGI app that relays every HTTP request to the upstream."""
 
@@ -81,6 +85,9 @@ class Relay:
         self.send = send
         self.disconnected = False
         self.body_done = asyncio.Event()
+        task = asyncio.current_task()
+        assert task is not None
+        self.task = task
 
     async def run(self) -> None:
         scope = self.scope
@@ -107,8 +114,7 @@ class Relay:
             body = first.get("body", b"") or None
             self.body_done.set()
 
-        task = asyncio.current_task()
-        assert task is not None
+        task = self.task
         watcher = asyncio.get_running_loop().create_task(self._watch_disconnect(task))
         try:
             await self._relay(scope["method"], target, headers, body)
@@ -157,8 +163,11 @@ class Relay:
         while True:
             message: Message = await self.receive()
             if message["type"] == "http.disconnect":
+                # Raising (rather than ending the body) makes aiohttp drop the connection, so the
+                # upstream never sees a truncated body as a complete request.
                 self.disconnected = True
-                raise asyncio.CancelledError
+                self.task.cancel()
+                raise ClientDisconnected
             chunk = message.get("body", b"")
             if chunk:
                 yield chunk

@@ -54,7 +54,9 @@ class ResponseTap:
             await self._send(message)
 
     async def _on_start(self, message: Message) -> None:
-        headers: Headers = list(message.get("headers", ()))
+        headers: Headers = [
+            (name, value) for name, value in message.get("headers", ()) if name.lower() != b"x-session-id"
+        ]
         content_type = encoding = b""
         for name, value in headers:
             lowered = name.lower()
