@@ -43,6 +43,15 @@ class LoadResult:
     def rps(self) -> float:
         return self.completed / self.window_s if self.window_s > 0 else 0.0
 
+    def merge(self, other: LoadResult) -> None:
+        """Pool another repetition's samples into this one."""
+        self.window_s += other.window_s
+        self.completed += other.completed
+        self.latency_ns += other.latency_ns
+        self.ttfb_ns += other.ttfb_ns
+        self.errors += other.errors
+        self.error_examples = (self.error_examples + other.error_examples)[:3]
+
     def latency_ms(self, q: float) -> float:
         return percentile(self.latency_ns, q) / 1e6
 

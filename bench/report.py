@@ -26,11 +26,36 @@ class Config:
 
 @dataclass
 class Outcome:
+    """One cell (configuration, concurrency, mode): the pooled repetitions, or why it is unavailable."""
+
     result: LoadResult | None = None
     reason: str = ""
-    cpu_percent: dict[str, float] = field(default_factory=dict)
-    other_cpu_percent: float = math.nan  # the rest of the machine (processes not part of the benchmark)
-    hop_cpu_us_per_request: float = math.nan
+    cpu_seconds: dict[str, float] = field(default_factory=dict)  # per process group, summed over repetitions
+    other_seconds: float = 0.0  # CPU the rest of the machine used meanwhile (processes not in the benchmark)
+
+    def add(self, result: LoadResult, cpu_seconds: dict[str, float], other_seconds: float) -> None:
+        if self.result is None:
+            self.result = result
+        else:
+            self.result.merge(result)
+        for name, seconds in cpu_seconds.items():
+            self.cpu_seconds[name] = self.cpu_seconds.get(name, 0.0) + seconds
+        self.other_seconds += other_seconds
+
+    @property
+    def cpu_percent(self) -> dict[str, float]:
+        window = self.result.window_s if self.result else 0.0
+        return {name: 100 * seconds / window for name, seconds in self.cpu_seconds.items()} if window else {}
+
+    @property
+    def other_cpu_percent(self) -> float:
+        return 100 * max(0.0, self.other_seconds) / self.result.window_s if self.result else math.nan
+
+    @property
+    def hop_cpu_us_per_request(self) -> float:
+        if self.result is None or not self.result.completed or "hop" not in self.cpu_seconds:
+            return math.nan
+        return self.cpu_seconds["hop"] / self.result.completed * 1e6
 
 
 Results = dict[tuple[str, int, bool], Outcome]
@@ -179,6 +204,8 @@ def cpu_table(configs: Sequence[Config], concurrencies: Sequence[int], results: 
                 cpu = outcome.cpu_percent
                 cells = [f"{cpu[name]:.0f}%" if name in cpu else "—" for name in names]
                 per_request = outcome.hop_cpu_us_per_request
+                reference = results.get(("ref", concurrency, stream))
+                ratio = _ratio(per_request, reference.hop_cpu_us_per_request if reference else None)
                 rows.append(
                     [
                         config.label,
@@ -187,7 +214,7 @@ def cpu_table(configs: Sequence[Config], concurrencies: Sequence[int], results: 
                         *cells,
                         f"{sum(cpu.values()):.0f}%",
                         "n/a" if math.isnan(outcome.other_cpu_percent) else f"{outcome.other_cpu_percent:.0f}%",
-                        "—" if math.isnan(per_request) else f"{per_request:.0f}",
+                        "—" if math.isnan(per_request) else f"{per_request:.0f}{ratio}",
                     ]
                 )
     return table(header, rows)

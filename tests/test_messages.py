@@ -10,7 +10,11 @@ from statefulproxy.assemble import reply_from_completion
 from statefulproxy.errors import ClientError
 from statefulproxy.messages import canonical, leading_system_count, minimal, title_from, validate_messages
 
-TOOL_CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+TOOL_CALL: dict[str, Any] = {
+    "id": "call_1",
+    "type": "function",
+    "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+}
 
 
 # --- minimal(): the allow-list per role ---------------------------------------------------------
@@ -122,12 +126,13 @@ def test_empty_reasoning_not_replayed() -> None:
 
 
 def test_minimal_is_idempotent() -> None:
-    for message in [
+    messages: list[dict[str, Any]] = [
         {"role": "assistant", "content": None},
         {"role": "assistant", "content": "", "tool_calls": [{**TOOL_CALL, "index": 0}]},
         {"role": "tool", "tool_call_id": "c", "content": "x", "extra": 1},
         {"role": "user", "content": "u", "name": "n", "extra": 1},
-    ]:
+    ]
+    for message in messages:
         once = minimal(message)
         assert minimal(once) == once
         assert canonical(orjson.loads(canonical(message))) == canonical(message)
@@ -142,7 +147,7 @@ def test_canonical_is_orjson_of_minimal_with_stable_key_order() -> None:
 
 # --- what a client echoes back matches what was recorded ---------------------------------------
 
-COMPLETIONS = {
+COMPLETIONS: dict[str, dict[str, Any]] = {
     "text": {"role": "assistant", "content": "Hello! How can I help?", "refusal": None, "annotations": []},
     "tool_calls": {"role": "assistant", "content": None, "refusal": None, "tool_calls": [TOOL_CALL]},
     "refusal": {"role": "assistant", "content": None, "refusal": "I can't help with that."},

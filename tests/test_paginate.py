@@ -138,6 +138,13 @@ def test_before() -> None:
     assert ids(page) == ["msg_15", "msg_16", "msg_17", "msg_18", "msg_19"]
     assert page["first_id"] == "msg_15"
     assert page["last_id"] == "msg_19"
+    assert page["has_more"] is True  # msg_00..msg_14 lie before the page
+
+
+def test_before_reaching_the_start_has_no_more() -> None:
+    page = paginate(ITEMS, {"before": "msg_05", "limit": "5"})
+    assert ids(page) == IDS[:5]
+    assert page["has_more"] is False
 
 
 def test_before_near_the_start() -> None:

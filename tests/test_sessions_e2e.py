@@ -406,3 +406,14 @@ def test_upstream_x_session_id_header_is_not_duplicated(stack: Stack) -> None:
         body = {"model": "m", "messages": [user("x")]}
         response = http.post("/v1/chat/completions", json=body, headers={"session-id": "ours"})
     assert response.headers.get_list("x-session-id") == ["ours"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_refusal_is_recorded_beside_the_message(stack: Stack, stream: bool) -> None:
+    stack.upstream.push(reply.refusal("I can't help with that."))
+    with stack.http() as http:
+        body = {"model": "m", "messages": [user("bad idea")], "stream": stream}
+        assert http.post("/v1/chat/completions", json=body, headers={"session-id": "no"}).status_code == 200
+        stored = http.get("/v1/sessions/no/messages").json()["data"][-1]
+    assert stored["role"] == "assistant"
+    assert stored["refusal"] == "I can't help with that."

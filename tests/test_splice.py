@@ -287,11 +287,19 @@ def test_replace_when_an_earlier_message_diverges() -> None:
     assert result.tail_leading_system == 2
 
 
-def test_replace_when_echo_lacks_the_replayed_reasoning() -> None:
+def test_echo_without_the_replayed_reasoning_is_still_a_prefix() -> None:
     thought = {**A1, "reasoning_content": "2+2 is 4"}
     result = plan([U1, thought], [U1, A1, U2], "reasoning_content")
-    assert result.mode == "replace"
-    assert result.tail == [canonical(m, "reasoning_content") for m in (U1, A1, U2)]
+    assert result.mode == "full_array"
+    assert result.tail == [canonical(U2, "reasoning_content")]
+
+
+def test_reasoning_never_decides_whether_messages_are_the_same() -> None:
+    thought = {**A1, "reasoning_content": "2+2 is 4"}
+    other = {**A1, "reasoning_content": "something else"}
+    assert plan([U1, thought], [U1, other, U2], "reasoning_content").mode == "full_array"
+    changed = {**A1, "content": "5", "reasoning_content": "2+2 is 4"}
+    assert plan([U1, thought], [U1, changed, U2], "reasoning_content").mode == "replace"
 
 
 # --- properties ---------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from statefulproxy import tap as tap_module
 from statefulproxy.assemble import AssistantReply, ChatStreamRecorder
 from statefulproxy.errors import StoreError
 from statefulproxy.tap import ResponseTap
+from statefulproxy.types import Message as ASGIMessage
 
 pytestmark = pytest.mark.anyio
 
@@ -33,7 +34,7 @@ class Log:
     fail_commit: bool = False
     events: list[tuple[str, Any]] = field(default_factory=list)
 
-    async def send(self, message: Message) -> None:
+    async def send(self, message: ASGIMessage) -> None:
         self.events.append(("send", message))
 
     async def commit(self, reply: AssistantReply) -> None:
@@ -140,6 +141,19 @@ async def test_stream_forwarded_unchanged_and_committed_before_done() -> None:
     reply = log.commits[0]
     assert reply.message == {"role": "assistant", "content": "Hello! How can I help you today?"}
     assert reply.finish_reason == "stop"
+
+
+@pytest.mark.parametrize("kind", ["sse", "json"])
+async def test_app_session_header_replaced_not_duplicated(kind: str) -> None:
+    own = (b"X-Session-Id", b"something-else")
+    if kind == "sse":
+        start, bodies = start_message(200, [*SSE_HEADERS, own]), body_messages([fixture("plain_text.sse")])
+    else:
+        start, bodies = json_start(COMPLETION_BYTES, own), body_messages([COMPLETION_BYTES])
+    log = Log()
+    await run(log, start, bodies)
+    assert header(log.start(), b"x-session-id") == [SESSION_ID.encode()]
+    assert len(log.commits) == 1
 
 
 async def test_stream_with_tool_calls_records_them() -> None:

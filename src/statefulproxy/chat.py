@@ -161,6 +161,7 @@ class ChatTurn:
         extra: dict[str, Any] = {
             key: value
             for key, value in (
+                ("refusal", reply.message.get("refusal")),
                 ("reasoning", reply.reasoning),
                 ("usage", reply.usage),
                 ("finish_reason", reply.finish_reason),

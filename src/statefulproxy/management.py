@@ -35,8 +35,9 @@ def message_object(message: StoredMessage) -> dict[str, Any]:
     info = orjson.loads(message.info)
     replay = orjson.loads(message.replay)
     out: dict[str, Any] = {"id": info["id"], "object": "session.message", **replay, "created_at": info["created_at"]}
-    if info.get("reasoning"):
-        out["reasoning"] = info["reasoning"]
+    for kept in ("refusal", "reasoning"):
+        if info.get(kept):
+            out[kept] = info[kept]
     return out
 
 
@@ -102,7 +103,8 @@ def paginate(items: Sequence[dict[str, Any]], query: dict[str, str]) -> dict[str
         "data": page,
         "first_id": page[0]["id"] if page else None,
         "last_id": page[-1]["id"] if page else None,
-        "has_more": start + len(page) < end,
+        # paging backwards (`before` alone), "more" lies before the page
+        "has_more": start > 0 if "before" in query and "after" not in query else start + len(page) < end,
     }
 
 
