@@ -56,8 +56,11 @@ QUIET_BUSY_PERCENT = 15.0
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, help="measured seconds per run (default 5, --quick 0.5)")
-    parser.add_argument("--warmup", type=float, help="warm-up seconds per run (default 1, --quick 0.2)")
+    parser.add_argument(
+        "--duration", type=float, help="measured seconds per cell, split over the repetitions (default 6, --quick 0.5)"
+    )
+    parser.add_argument("--warmup", type=float, help="warm-up s before each repetition (default 0.5, --quick 0.2)")
+    parser.add_argument("--repeat", type=int, help="repetitions of the matrix, interleaved (default 3, --quick 1)")
     parser.add_argument("--concurrency", type=int, default=32, help="the higher concurrency (default 32)")
     parser.add_argument("--quick", action="store_true", help="short runs for a smoke test")
     parser.add_argument("--only", help="comma-separated configurations: direct,ref,stateless,redis10,redis200,memory10")
@@ -72,9 +75,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep-logs", action="store_true", help="keep the servers' logs and print where")
     args = parser.parse_args(argv)
     if args.duration is None:
-        args.duration = 0.5 if args.quick else 5.0
+        args.duration = 0.5 if args.quick else 6.0
     if args.warmup is None:
-        args.warmup = 0.2 if args.quick else 1.0
+        args.warmup = 0.2 if args.quick else 0.5
+    if args.repeat is None:
+        args.repeat = 1 if args.quick else 3
+    if args.repeat < 1 or args.duration <= 0 or args.warmup < 0:
+        parser.error("--repeat must be ≥ 1, --duration > 0, --warmup ≥ 0")
     keys = [config.key for config in CONFIGS]
     if args.only:
         wanted = {LETTERS.get(word.strip(), word.strip()) for word in args.only.split(",") if word.strip()}
@@ -181,22 +188,26 @@ class Bench:
             groups["redis"] = [self.redis.pid]
         return groups
 
-    async def measure(self, config: Config, concurrency: int, stream: bool) -> Outcome:
+    async def measure(self, config: Config, concurrency: int, stream: bool, outcome: Outcome) -> None:
+        """One repetition of one cell, pooled into ``outcome`` (or its reason set when it cannot run)."""
         hop = self.hops.get(config.hop)
         if not isinstance(hop, servers.Server):
-            return Outcome(reason=hop or "not started")
+            outcome.reason = hop or "not started"
+            return
+        duration = self.args.duration / self.args.repeat
         pool = self.pools.get(config.key)
         if config.history and pool is None:
             pool = self.pools[config.key] = sessions.SessionPool(config.key, hop.base_url, config.history, config.uses)
         if pool is not None:
-            expected = estimate_rps(config, concurrency, stream, self.results) * (self.args.warmup + self.args.duration)
+            expected = estimate_rps(config, concurrency, stream, self.results) * (self.args.warmup + duration)
             needed = math.ceil(expected * POOL_MARGIN / config.uses) + concurrency
             started = time.perf_counter()
             try:
                 async with aiohttp.ClientSession() as client:
                     await pool.ensure(needed, client)
             except (RuntimeError, aiohttp.ClientError) as exc:
-                return Outcome(reason=f"pre-fill failed: {exc}")
+                outcome.reason = f"pre-fill failed: {exc}"
+                return
             progress(f"  pool {config.key}: {len(pool.fresh)} fresh sessions ({time.perf_counter() - started:.1f} s)")
         if self.args.quiet_wait > 0:
             busy = await servers.wait_for_quiet(QUIET_BUSY_PERCENT, self.args.quiet_wait)
@@ -213,47 +224,47 @@ class Bench:
             hop.base_url + "/v1/chat/completions",
             request_source(config, pool, stream),
             concurrency=concurrency,
-            duration=self.args.duration,
+            duration=duration,
             warmup=self.args.warmup,
             stream=stream,
             on_window=on_window,
         )
         if pool is not None:
             pool.end_run()
-            if (concurrency, stream) == (1, False):
+            if not pool.checked:
+                pool.checked = True
                 async with aiohttp.ClientSession() as client:
                     self.notes.append(f"{config.label}: {await pool.check_recorded(client)}")
-        if result.errors >= load.MAX_ERRORS or not result.latency_ns:
-            return Outcome(reason=f"failed: {result.errors} errors, e.g. {'; '.join(result.error_examples)}")
-        outcome = Outcome(result=result)
-        if "start" in marks and "end" in marks:
-            used = {name: marks["end"][name] - marks["start"][name] for name in groups}
-            outcome.cpu_percent = {name: 100 * seconds / result.window_s for name, seconds in used.items()}
-            others = marks["end"]["machine"] - marks["start"]["machine"] - sum(used.values())
-            outcome.other_cpu_percent = max(0.0, 100 * others / result.window_s)
-            if "hop" in used and result.completed:
-                outcome.hop_cpu_us_per_request = used["hop"] / result.completed * 1e6
         if result.errors:
             examples = "; ".join(result.error_examples)
             self.notes.append(f"{config.label}, conc {concurrency}: {result.errors} errors, e.g. {examples}")
-        return outcome
+        if result.errors >= load.MAX_ERRORS or not result.latency_ns:
+            outcome.reason = f"failed: {result.errors} errors, e.g. {'; '.join(result.error_examples)}"
+            return
+        used = {name: marks["end"][name] - marks["start"][name] for name in groups}
+        others = marks["end"]["machine"] - marks["start"]["machine"] - sum(used.values())
+        outcome.add(result, used, others)
+        mode = "stream" if stream else "non-stream"
+        progress(
+            f"{config.label:38} conc {concurrency:3} {mode:10} {result.rps:7.0f} req/s  "
+            f"p50 {result.latency_ms(50):7.3f} ms  p99 {result.latency_ms(99):7.3f} ms  errors {result.errors}"
+        )
 
     async def run(self) -> None:
+        """Interleaved: every configuration at one (concurrency, mode), then the next; the whole matrix
+        ``repeat`` times, so drifting background load reaches all configurations alike."""
         await self.start_servers()
-        for config in self.args.configs:
+        for repetition in range(self.args.repeat):
+            progress(f"repetition {repetition + 1}/{self.args.repeat}")
             for concurrency in (1, self.args.concurrency):
                 for stream in (False, True):
-                    outcome = await self.measure(config, concurrency, stream)
-                    self.results[(config.key, concurrency, stream)] = outcome
-                    mode = "stream" if stream else "non-stream"
-                    if outcome.result is None:
-                        progress(f"{config.label:40} conc {concurrency:3} {mode:10} unavailable: {outcome.reason}")
-                        continue
-                    r = outcome.result
-                    progress(
-                        f"{config.label:40} conc {concurrency:3} {mode:10} {r.rps:8.0f} req/s  "
-                        f"p50 {r.latency_ms(50):.3f} ms  p99 {r.latency_ms(99):.3f} ms  errors {r.errors}"
-                    )
+                    for config in self.args.configs:
+                        outcome = self.results.setdefault((config.key, concurrency, stream), Outcome())
+                        if outcome.reason:
+                            continue
+                        await self.measure(config, concurrency, stream, outcome)
+                        if outcome.reason:
+                            progress(f"{config.label:38} conc {concurrency:3} unavailable: {outcome.reason}")
 
 
 def _cpu_model() -> str:
@@ -295,8 +306,10 @@ def render(bench: Bench) -> str:
         f"Machine: {os.cpu_count()} CPUs ({cores} usable), {_cpu_model()}, Linux {platform.release()}; "
         f"{_versions(bench)}.",
         f"The driver, upstream, hop (relay or proxy) and redis all share these {cores} cores; no CPU pinning.",
-        f"Each run: {args.warmup:g} s warm-up, then {args.duration:g} s measured; closed loop, each worker sends its "
-        "next request when the previous response has fully arrived. Latency = request sent → last body byte; "
+        f"Each cell: {args.repeat} x ({args.warmup:g} s warm-up + {args.duration / args.repeat:g} s measured), "
+        "interleaved (all configurations at one concurrency and mode, then the next; the whole matrix repeated), "
+        "samples pooled. Closed loop: each worker sends its next request when the previous response has fully "
+        "arrived; one aiohttp ClientSession, pool = concurrency, keep-alive. Latency = request sent → last body byte; "
         "TTFB = first body chunk. Percentiles exact (nearest rank over all samples). "
         "Ratios in parentheses are to the reference relay at the same concurrency.",
         "",

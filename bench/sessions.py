@@ -64,6 +64,7 @@ class SessionPool:
         self.served = 0
         self.overrun = 0
         self.by_turns = False
+        self.checked = False
         self.verification = "not checked yet"
 
     def take(self, worker: int) -> str:

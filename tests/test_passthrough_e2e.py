@@ -202,3 +202,21 @@ def test_httpx_against_proxy_uses_keep_alive(stack: Stack) -> None:
         for _ in range(3):
             assert http.get("/v1/models").status_code == 200
     assert len(stack.upstream.received) == 3
+
+
+def test_hop_by_hop_response_headers_are_stripped(stack: Stack) -> None:
+    headers = [
+        ("content-type", "text/plain"),
+        ("x-kept", "1"),
+        ("x-named", "2"),
+        ("connection", "x-named"),
+        ("keep-alive", "timeout=99"),
+        ("trailer", "x-checksum"),
+    ]
+    stack.upstream.push(reply.raw(200, headers, [b"hello ", b"world"]), path="/hop")
+    with stack.http() as http:
+        response = http.get("/hop")
+    assert response.content == b"hello world"
+    assert response.headers["x-kept"] == "1"
+    for name in ("x-named", "keep-alive", "trailer"):
+        assert name not in response.headers

@@ -1,0 +1,91 @@
+"""The package's shape: the public API, and layers that import only from below (STYLE.md 5, 6)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import statefulproxy
+
+PACKAGE = Path(statefulproxy.__file__).parent
+
+LAYERS = {
+    # pure logic
+    "errors": 0, "types": 0, "messages": 1, "identity": 1, "sse": 0, "assemble": 1, "settings": 1,
+    "stores.base": 0, "splice": 2,
+    # adapters
+    "stores": 4, "stores.memory": 3, "stores.redis": 3, "upstream": 3,
+    # ASGI
+    "replies": 4, "tap": 5, "chat": 6, "management": 5, "middleware": 7, "passthrough": 5,
+    # composition
+    "app": 8, "cli": 9, "__main__": 10, "__init__": 10,
+}  # fmt: skip
+
+# third-party modules each owned by one module of ours
+OWNERS = {"redis": {"stores.redis"}, "yaml": {"settings"}, "aiohttp": {"upstream"}, "uvicorn": {"cli"}}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1]) if parts[-1] == "__init__" and len(parts) > 1 else ".".join(parts)
+
+
+def imports(path: Path) -> tuple[set[str], set[str]]:
+    """(our modules, third-party top-level packages) that ``path`` imports."""
+    ours: set[str] = set()
+    others: set[str] = set()
+    package_parts = module_name(path).split(".")[:-1] if path.name != "__init__.py" else module_name(path).split(".")
+    if module_name(path) == "__init__":
+        package_parts = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package_parts[: len(package_parts) - (node.level - 1)] if node.level > 1 else package_parts
+            target = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            if node.module is None:
+                ours.update(".".join([*base, alias.name]) for alias in node.names)
+            else:
+                ours.add(target)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            others.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            others.update(alias.name.split(".")[0] for alias in node.names)
+    return ours, others
+
+
+def test_public_api_is_pinned() -> None:
+    assert sorted(statefulproxy.__all__) == [
+        "ClientError",
+        "ConfigError",
+        "ProxyApp",
+        "SessionMiddleware",
+        "Settings",
+        "StatefulProxyError",
+        "StoreError",
+        "UpstreamError",
+        "UpstreamTimeout",
+        "__version__",
+        "create_app",
+        "load_settings",
+        "settings_from_mapping",
+    ]
+    for name in statefulproxy.__all__:
+        assert hasattr(statefulproxy, name)
+
+
+def test_every_module_has_a_layer() -> None:
+    assert {module_name(path) for path in PACKAGE.rglob("*.py")} == set(LAYERS)
+
+
+def test_layers_import_only_from_below_and_libraries_have_one_owner() -> None:
+    for path in PACKAGE.rglob("*.py"):
+        name = module_name(path)
+        ours, others = imports(path)
+        for imported in ours:
+            assert LAYERS[imported] < LAYERS[name], f"{name} imports {imported} from its own layer or above"
+        for library, owners in OWNERS.items():
+            assert library not in others or name in owners, f"{name} imports {library}; only {owners} may"
+
+
+def test_no_module_is_oversized() -> None:
+    for path in PACKAGE.rglob("*.py"):
+        assert len(path.read_text().splitlines()) <= 400, path.name
