@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import importlib.metadata
 import math
 import os
@@ -160,6 +161,15 @@ class Bench:
                 if redis_server is not None:
                     self.stack.callback(servers.stop, redis_server)
                 await self._start_proxy("proxy-redis", upstream, self.redis.url)
+            if not isinstance(self.hops["proxy-redis"], servers.Server):
+                # the stateless path does not touch the store: measure it on the memory-store proxy instead
+                self.args.configs = [
+                    dataclasses.replace(config, hop="proxy-memory", label=config.label + " (memory-store proxy)")
+                    if config.key == "stateless"
+                    else config
+                    for config in self.args.configs
+                ]
+                hops = {config.hop for config in self.args.configs}
         if "proxy-memory" in hops:
             await self._start_proxy("proxy-memory", upstream, "memory://")
 

@@ -9,12 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
-from statefulproxy.assemble import (
-    AssistantReply,
-    ChatStreamAccumulator,
-    ChatStreamRecorder,
-    reply_from_completion,
-)
+from statefulproxy.assemble import AssistantReply, ChatStreamAccumulator, reply_from_completion
+from statefulproxy.recorder import ChatStreamRecorder
 
 STREAMS = Path(__file__).parent / "fixtures" / "streams"
 LINE_ENDINGS = {"lf": b"\n", "crlf": b"\r\n", "cr": b"\r"}

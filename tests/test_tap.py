@@ -11,8 +11,9 @@ import orjson
 import pytest
 
 from statefulproxy import tap as tap_module
-from statefulproxy.assemble import AssistantReply, ChatStreamRecorder
+from statefulproxy.assemble import AssistantReply
 from statefulproxy.errors import StoreError
+from statefulproxy.recorder import ChatStreamRecorder
 from statefulproxy.tap import ResponseTap
 from statefulproxy.types import Message as ASGIMessage
 

@@ -1,7 +1,6 @@
 """Reassemble an OpenAI chat completion, streamed or not, into the assistant turn to record (sans-I/O).
 
-Streamed: ``ChatStreamRecorder`` takes the raw body chunks (SSE), ``ChatStreamAccumulator``
-takes the ``data`` payloads of a ``chat.completion.chunk`` stream. Not streamed:
+Streamed: ``ChatStreamAccumulator`` takes the ``data`` payloads of a ``chat.completion.chunk`` stream. Not streamed:
 ``reply_from_completion`` takes the parsed ``chat.completion`` body. Only choice 0 is
 recorded. Anything malformed marks the stream failed instead of raising: the bytes still
 reach the client, the turn is just not recorded.
@@ -14,9 +13,7 @@ from typing import Any
 
 import orjson
 
-from statefulproxy.sse import SSEDecodeError, SSEDecoder
-
-__all__ = ["AssistantReply", "ChatStreamAccumulator", "ChatStreamRecorder", "reply_from_completion"]
+__all__ = ["AssistantReply", "ChatStreamAccumulator", "reply_from_completion"]
 
 
 @dataclass(slots=True)
@@ -74,17 +71,25 @@ class ChatStreamAccumulator:
         """True once the stream reported an error or sent something malformed."""
         return self._failed
 
-    def feed(self, data: str) -> None:
-        """Take the ``data`` of one event. Never raises."""
+    def feed(self, data: str | bytes) -> None:
+        """Take the ``data`` of one event (text, or its UTF-8 bytes). Never raises."""
         if self._done or self._failed:
             return
-        if data.startswith("[DONE]"):  # the prefix test the OpenAI SDKs use
+        done = data.startswith("[DONE]") if isinstance(data, str) else data.startswith(b"[DONE]")
+        if done:  # the prefix test the OpenAI SDKs use
             self._done = True
             return
         if not data or data.isspace():  # a blank keep-alive event carries nothing to record
             return
         try:
-            self._apply_chunk(orjson.loads(data))
+            try:
+                payload = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                if not isinstance(data, bytes):
+                    raise
+                # read as the SSE decoder would: invalid UTF-8 replaced, not fatal
+                payload = orjson.loads(data.decode("utf-8", "replace"))
+            self._apply_chunk(payload)
         except (orjson.JSONDecodeError, _Malformed):
             self._failed = True
 
@@ -122,9 +127,8 @@ class ChatStreamAccumulator:
         model = _opt_str(payload, "model")
         if model and self._model is None:
             self._model = model
-        usage = _usage(payload.get("usage"))
-        if usage is not None:
-            self._usage = usage
+        if payload.get("usage") is not None:
+            self._usage = _usage(payload["usage"])
         choices = payload.get("choices")
         if choices is None:
             return
@@ -137,6 +141,15 @@ class ChatStreamAccumulator:
                 self._apply_choice(choice)
 
     def _apply_choice(self, choice: dict[str, Any]) -> None:
+        delta = choice.get("delta")
+        # The commonest chunk by far: a text fragment, nothing else to look at.
+        if type(delta) is dict and delta.keys() <= _TEXT_DELTA_KEYS and choice.get("finish_reason") is None:
+            content = delta.get("content")
+            if type(content) is str:
+                if self._content is None:
+                    self._content = []
+                self._content.append(content)
+                return
         finish_reason = _opt_str(choice, "finish_reason")
         if finish_reason is not None:
             self._finish_reason = finish_reason
@@ -199,52 +212,6 @@ class ChatStreamAccumulator:
             parts.name = name
         if arguments:
             parts.arguments.append(arguments)
-
-
-class ChatStreamRecorder:
-    """bytes -> ``SSEDecoder`` -> ``ChatStreamAccumulator``: what the response tap feeds each body chunk.
-
-    ``done`` turns true on the very chunk that holds ``[DONE]``, so the caller can commit
-    the turn before forwarding that chunk. Chunks after ``done`` or ``failed`` are ignored.
-    """
-
-    def __init__(self) -> None:
-        self._decoder = SSEDecoder()
-        self._accumulator = ChatStreamAccumulator()
-        self._failed = False
-
-    @property
-    def done(self) -> bool:
-        """True once the chunk holding ``[DONE]`` was fed, without a failure before it."""
-        return self._accumulator.done and not self._failed
-
-    @property
-    def failed(self) -> bool:
-        """True once the stream was found broken, erroneous or malformed."""
-        return self._failed or self._accumulator.failed
-
-    def feed(self, chunk: bytes) -> None:
-        """Observe one body chunk. Never raises."""
-        accumulator = self._accumulator
-        if self._failed or accumulator.done or accumulator.failed:
-            return
-        try:
-            events = self._decoder.feed(chunk)
-        except SSEDecodeError:
-            self._failed = True
-            return
-        for event in events:
-            if event.event == "error":
-                self._failed = True
-                return
-            if event.event == "message":
-                accumulator.feed(event.data)
-                if accumulator.done or accumulator.failed:
-                    return
-
-    def result(self) -> AssistantReply:
-        """The reassembled reply. Only valid once ``done``."""
-        return self._accumulator.result()
 
 
 def reply_from_completion(body: Any) -> AssistantReply | None:
@@ -321,6 +288,9 @@ def _reply(
         model=model,
         response_id=response_id,
     )
+
+
+_TEXT_DELTA_KEYS = frozenset({"content", "role"})
 
 
 def _opt_str(obj: dict[str, Any], key: str) -> str | None:

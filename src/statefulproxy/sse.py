@@ -41,7 +41,7 @@ class SSEDecoder:
     """
 
     def __init__(self, max_buffer_bytes: int = MAX_BUFFER_BYTES) -> None:
-        self._max_buffer_bytes = max_buffer_bytes
+        self.max_buffer_bytes = self._max_buffer_bytes = max_buffer_bytes
         self._pending: list[bytes] = []  # pieces of the current unterminated line
         self._pending_len = 0
         self._at_start = True  # no byte seen yet: a BOM may still come
@@ -98,6 +98,15 @@ class SSEDecoder:
                 self._retry = None
         return events
 
+    def idle_before(self, chunk: bytes) -> bool:
+        """True when ``chunk`` starts between two events: nothing partial is held and no BOM can
+        follow. A caller that then decodes ``chunk`` itself takes it as fed."""
+        if self._at_start:
+            if self._pending or chunk[:1] == _BOM[:1]:
+                return False
+            self._at_start = False
+        return not (self._pending or self._data or self._skip_lf or self._event_type or self._retry is not None)
+
     def flush(self) -> list[ServerSentEvent]:
         """End the stream. An event not ended by a blank line is discarded, so this returns ``[]``."""
         self._pending, self._pending_len = [], 0
@@ -114,11 +123,14 @@ class SSEDecoder:
             raise SSEDecodeError(f"event stream line longer than {self._max_buffer_bytes} bytes")
 
     def _process_field(self, line: bytes) -> None:
-        if line[0] == 0x3A:  # ":" starts a comment
+        if line.startswith(b"data: "):  # by far the commonest line: skip the general parse
+            name, value = "data", line[6:].decode("utf-8", "replace")
+        elif line[0] == 0x3A:  # ":" starts a comment
             return
-        name, _, value = line.decode("utf-8", "replace").partition(":")
-        if value[:1] == " ":
-            value = value[1:]
+        else:
+            name, _, value = line.decode("utf-8", "replace").partition(":")
+            if value[:1] == " ":
+                value = value[1:]
         if name == "data":
             self._data.append(value)
             self._data_len += len(line)
@@ -137,7 +149,7 @@ class SSEDecoder:
     def _dispatch(self) -> ServerSentEvent:
         event = ServerSentEvent(
             event=self._event_type or "message",
-            data="\n".join(self._data),
+            data=self._data[0] if len(self._data) == 1 else "\n".join(self._data),
             id=self._last_event_id,
             retry=self._retry,
         )

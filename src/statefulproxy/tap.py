@@ -18,8 +18,9 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 
-from .assemble import AssistantReply, ChatStreamRecorder, reply_from_completion
+from .assemble import AssistantReply, reply_from_completion
 from .errors import StoreError, error_body
+from .recorder import ChatStreamRecorder
 from .types import Headers, Message, Send
 
 logger = logging.getLogger("statefulproxy")

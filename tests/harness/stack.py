@@ -43,5 +43,6 @@ def running_stack(store_url: str, **settings: Any) -> Iterator[Stack]:
         proxy_settings = settings_from_mapping(values, source="test")
         # a private key prefix per stack: tests may share one redis-server, never its keys
         store = store_from_url(store_url, ttl=proxy_settings.session_ttl, key_prefix=f"t{uuid.uuid4().hex[:12]}")
-        with serve(ProxyApp(proxy_settings, store=store)) as url:
+        # the event loop the CLI runs the proxy on
+        with serve(ProxyApp(proxy_settings, store=store), loop="uvloop") as url:
             yield Stack(upstream, upstream_url, url)

@@ -9,21 +9,19 @@ splits the two. ``now`` comes from the injected clock, never from Redis ``TIME``
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import ssl
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
 import orjson
-import redis.asyncio
-import redis.exceptions
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.commands.core import AsyncScript
+from redis.asyncio.connection import SSLConnection, parse_url
 
-from ..errors import StoreError
+from ..errors import ConfigError, StoreError
 from .base import (
     CommitResult,
     NewSession,
@@ -33,6 +31,7 @@ from .base import (
     StoredMessage,
     TurnWrite,
 )
+from .resp import RespAddress, RespClient, RespError, Script
 
 _USAGE = "u:"  # meta field prefix of each usage counter
 
@@ -187,51 +186,41 @@ class RedisStore:
         clock: Callable[[], float] = time.time,
         key_prefix: str = "sp",
     ) -> None:
-        self._redis = redis.asyncio.Redis.from_url(
-            url,
-            socket_connect_timeout=2.0,
-            socket_timeout=5.0,
-            health_check_interval=30,
-            # Retry only a failed connection, never a timeout: a commit that timed out may
-            # have been applied, and running it again would record the turn twice.
-            retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
-        )
+        self._client = RespClient(address_from_url(url), connect_timeout=2.0, timeout=5.0)
         self._ttl_ms = 0 if ttl is None else max(round(ttl * 1000), 1)
         self._clock = clock
         self._prefix = key_prefix
         self._secret: bytes | None = None
-        register = self._redis.register_script
-        self._load, self._commit, self._create = register(_LOAD), register(_COMMIT), register(_CREATE)
-        self._messages, self._end, self._delete = register(_MESSAGES), register(_END), register(_DELETE)
-        self._secret_script = register(_SECRET)
+        self._load, self._commit, self._create = Script(_LOAD), Script(_COMMIT), Script(_CREATE)
+        self._messages, self._end, self._delete = Script(_MESSAGES), Script(_END), Script(_DELETE)
+        self._secret_script = Script(_SECRET)
 
     @property
-    def client(self) -> redis.asyncio.Redis:
-        """The underlying redis-py client, for diagnostics and tests."""
-        return self._redis
+    def address(self) -> RespAddress:
+        """Where the store connects to."""
+        return self._client.address
 
     async def open(self) -> None:
         """Check that Redis answers and preload the scripts; StoreError if it does not."""
         scripts = (self._load, self._commit, self._create, self._messages, self._end, self._delete, self._secret_script)
         with _translate_errors("open"):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for script in scripts:
-                    pipe.script_load(script.script)
-                await pipe.execute()
+            await asyncio.gather(*(self._client.execute(b"SCRIPT", b"LOAD", script.source) for script in scripts))
 
     async def aclose(self) -> None:
-        await self._redis.aclose()
+        await self._client.aclose()
 
     async def ping(self) -> bool:
         try:
-            return bool(await self._redis.ping())
-        except (redis.exceptions.RedisError, OSError):
+            return bool(await self._client.execute(b"PING"))
+        except (RespError, OSError, TimeoutError):
             return False
 
     async def scope_secret(self) -> bytes:
         if self._secret is None:
             with _translate_errors("scope_secret"):
-                secret = await self._secret_script(keys=[f"{self._prefix}:secret"], args=[os.urandom(32)])
+                secret = await self._client.run_script(
+                    self._secret_script, (f"{self._prefix}:secret",), (os.urandom(32),)
+                )
             self._secret = bytes(secret)
         return self._secret
 
@@ -276,8 +265,8 @@ class RedisStore:
     async def get(self, scope: str, session_id: str) -> SessionRecord | None:
         meta_key, _ = self._keys(scope, session_id)
         with _translate_errors("get"):
-            fields = await self._redis.hgetall(meta_key)
-        return self._record(session_id, cast(dict[bytes, bytes], fields)) if fields else None
+            flat = await self._client.execute(b"HGETALL", meta_key)
+        return self._record(session_id, dict(zip(flat[::2], flat[1::2], strict=True))) if flat else None
 
     async def messages(self, scope: str, session_id: str) -> list[StoredMessage] | None:
         elements = await self._run("messages", self._messages, scope, session_id)
@@ -301,9 +290,9 @@ class RedisStore:
         digest = hashlib.blake2b(f"{scope}\0{session_id}".encode(), digest_size=16).hexdigest()
         return f"{self._prefix}:{{{digest}}}:meta", f"{self._prefix}:{{{digest}}}:msgs"
 
-    async def _run(self, operation: str, script: AsyncScript, scope: str, session_id: str, *args: Any) -> Any:
+    async def _run(self, operation: str, script: Script, scope: str, session_id: str, *args: Any) -> Any:
         with _translate_errors(operation):
-            return await script(keys=self._keys(scope, session_id), args=args)
+            return await self._client.run_script(script, self._keys(scope, session_id), args)
 
     def _record(self, session_id: str, fields: dict[bytes, bytes]) -> SessionRecord:
         expires_at = int(fields[b"expires_at"]) if fields.get(b"expires_at") else None
@@ -330,8 +319,8 @@ class RedisStore:
 def _translate_errors(operation: str) -> Iterator[None]:
     try:
         yield
-    except (redis.exceptions.RedisError, OSError) as exc:
-        raise StoreError(f"redis store: {operation} failed: {exc}") from exc
+    except (RespError, OSError) as exc:  # ConnectionError and TimeoutError are OSErrors
+        raise StoreError(f"redis store: {operation} failed: {exc or type(exc).__name__}") from exc
 
 
 def _optional(text: str | None) -> str:
@@ -348,3 +337,25 @@ def _encode(messages: Sequence[StoredMessage]) -> list[bytes]:
         if b"\n" in message.replay:
             raise ValueError("replay bytes must be compact JSON without a raw newline")
     return [message.replay + b"\n" + message.info for message in messages]
+
+
+def address_from_url(url: str) -> RespAddress:
+    """Where a ``redis://`` / ``rediss://`` URL points, read as redis-py reads it."""
+    try:
+        options: dict[str, Any] = dict(parse_url(url))
+    except ValueError as exc:
+        raise ConfigError(f"store: invalid redis URL: {exc}") from exc
+    context = None
+    if options.get("connection_class") is SSLConnection:
+        context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
+        if options.get("ssl_cert_reqs") in ("none", "optional"):
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE if options["ssl_cert_reqs"] == "none" else ssl.CERT_OPTIONAL
+    return RespAddress(
+        host=options.get("host", "127.0.0.1"),
+        port=int(options.get("port", 6379)),
+        db=int(options.get("db", 0)),
+        username=options.get("username"),
+        password=options.get("password"),
+        ssl=context,
+    )
