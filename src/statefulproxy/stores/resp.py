@@ -55,41 +55,71 @@ class Script:
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self) -> None:
+    """One connection; a watchdog closes it when the oldest reply is ``timeout`` overdue.
+
+    Replies come in order, so an overdue one means everything queued behind it is stuck
+    too: failing them all and reconnecting is the only way forward. One timer per
+    connection costs less than one per command.
+    """
+
+    def __init__(self, timeout: float) -> None:
         self._reader = hiredis.Reader()
         self._waiters: deque[asyncio.Future[Any]] = deque()
+        self._sent_at: deque[float] = deque()
         self._transport: asyncio.Transport | None = None
+        self._timeout = timeout
+        self._watchdog: asyncio.TimerHandle | None = None
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have the same API
         self._transport = cast(asyncio.Transport, transport)
+        self._watchdog = asyncio.get_running_loop().call_later(self._timeout / 4, self._check_overdue)
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
-        waiters = self._waiters
+        waiters, sent_at = self._waiters, self._sent_at
         while (reply := self._reader.gets()) is not False:
+            sent_at.popleft()
             waiter = waiters.popleft()
             if not waiter.done():  # a caller that gave up: drop its reply
                 waiter.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(ConnectionError(f"connection to redis lost: {exc or 'closed by the server'}"))
+
+    def _fail(self, error: OSError) -> None:
         self.closed = True
-        error = ConnectionError(f"connection to redis lost: {exc or 'closed by the server'}")
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        self._sent_at.clear()
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_exception(error)
 
+    def _check_overdue(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._sent_at and loop.time() - self._sent_at[0] > self._timeout:
+            self._fail(TimeoutError(f"redis did not answer within {self._timeout} s"))
+            if self._transport is not None:
+                self._transport.abort()
+            return
+        self._watchdog = loop.call_later(self._timeout / 4, self._check_overdue)
+
     def send(self, packed: bytes) -> asyncio.Future[Any]:
         if self.closed or self._transport is None:
             raise ConnectionError("connection to redis is closed")
-        waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
         self._waiters.append(waiter)
+        self._sent_at.append(loop.time())
         self._transport.write(packed)
         return waiter
 
     def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self._transport is not None:
             self._transport.close()
 
@@ -97,8 +127,9 @@ class _Connection(asyncio.Protocol):
 class RespClient:
     """Commands over one lazily (re)connected, pipelined connection.
 
-    Raises ConnectionError when Redis cannot be reached, TimeoutError when it does not
-    answer within ``timeout``, RespError for error replies.
+    Raises ConnectionError when Redis cannot be reached, TimeoutError when it leaves a
+    command unanswered for ``timeout`` (then the connection is dropped), RespError for
+    error replies.
     """
 
     def __init__(self, address: RespAddress, *, connect_timeout: float = 2.0, timeout: float = 5.0) -> None:
@@ -112,8 +143,7 @@ class RespClient:
         connection = self._connection
         if connection is None or connection.closed:
             connection = await self._connect()
-        async with asyncio.timeout(self._timeout):
-            reply = await connection.send(_pack(args))
+        reply = await connection.send(_pack(args))
         if isinstance(reply, hiredis.ReplyError):
             raise RespError(str(reply))
         return reply
@@ -142,7 +172,7 @@ class RespClient:
             try:
                 async with asyncio.timeout(self._connect_timeout):
                     _, connection = await loop.create_connection(
-                        _Connection, address.host, address.port, ssl=address.ssl
+                        lambda: _Connection(self._timeout), address.host, address.port, ssl=address.ssl
                     )
                     await self._handshake(connection)
             except OSError as exc:
