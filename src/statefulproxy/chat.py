@@ -7,6 +7,7 @@ so stateless traffic pays for one substring scan.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import secrets
 import time
@@ -59,6 +60,7 @@ class ChatTurn:
         settings: Settings,
         header_names: frozenset[bytes],
         scope_secret: Callable[[], Awaitable[bytes]],
+        message_ids: MessageIds,
         scope: Scope,
         receive: Receive,
         send: Send,
@@ -68,6 +70,7 @@ class ChatTurn:
         self.settings = settings
         self.header_names = header_names
         self.scope_secret = scope_secret
+        self.message_ids = message_ids
         self.scope = scope
         self.receive = receive
         self.send = send
@@ -148,12 +151,13 @@ class ChatTurn:
     def _turn_write(
         self, plan: TurnPlan, reply: AssistantReply, sent: list[dict[str, Any]], parsed_metadata: object, create: bool
     ) -> TurnWrite:
-        now = int(time.time())
+        # info is built by hand: a turn writes several, on the hot path
+        created_at = b'","created_at":' + str(int(time.time())).encode()
+        new_id = self.message_ids.new
         reasoning_field = self.settings.replay_reasoning
 
-        def stored(replay: bytes, extra: dict[str, Any] | None = None) -> StoredMessage:
-            info = {"id": "msg_" + secrets.token_hex(12), "created_at": now, **(extra or {})}
-            return StoredMessage(replay, orjson.dumps(info))
+        def stored(replay: bytes) -> StoredMessage:
+            return StoredMessage(replay, b'{"id":"' + new_id() + created_at + b"}")
 
         message = reply.message
         if reply.reasoning and reasoning_field != "none":
@@ -169,13 +173,17 @@ class ChatTurn:
             )
             if value is not None
         }
+        answer = stored(canonical(message, reasoning_field))
+        if extra:
+            answer = StoredMessage(answer.replay, answer.info[:-1] + b"," + orjson.dumps(extra)[1:])
         return TurnWrite(
             head=[stored(replay) for replay in plan.head],
-            tail=[*(stored(replay) for replay in plan.tail), stored(canonical(message, reasoning_field), extra)],
+            tail=[*(stored(replay) for replay in plan.tail), answer],
             drop_leading=plan.drop_leading,
             tail_leading_system=plan.tail_leading_system,
             usage=reply.usage or {},
-            title_hint=title_from(sent),
+            # a session with history has its title: only a new or empty one needs the hint
+            title_hint=title_from(sent) if create or plan.mode == "new" else None,
             create=NewSession(metadata=session_metadata(parsed_metadata)) if create else None,
         )
 
@@ -234,6 +242,17 @@ class ChatTurn:
             return await self.receive()
         self.replayed = True
         return {"type": "http.request", "body": self.body, "more_body": False}
+
+
+class MessageIds:
+    """Message ids: a random per-process prefix and a counter (unique across replicas, no syscall)."""
+
+    def __init__(self) -> None:
+        self._prefix = b"msg_" + secrets.token_hex(8).encode()
+        self._counter = itertools.count()
+
+    def new(self) -> bytes:
+        return self._prefix + b"%08x" % next(self._counter)
 
 
 def session_metadata(metadata: object) -> dict[str, str]:

@@ -98,4 +98,4 @@ def credential(headers: Headers) -> bytes | None:
 def scope_of(credential: bytes | None, secret: bytes) -> str:
     """A keyed hash naming the credential's scope; the credential itself is never kept."""
     message = b"anonymous" if credential is None else b"key:" + credential
-    return hmac.new(secret, message, hashlib.sha256).hexdigest()[:32]
+    return hmac.digest(secret, message, hashlib.sha256).hex()[:32]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .chat import ChatTurn, is_chat_request
+from .chat import ChatTurn, MessageIds, is_chat_request
 from .identity import credential, scope_of
 from .management import ManagementAPI
 from .settings import Settings, settings_from_mapping
@@ -44,6 +44,7 @@ class SessionMiddleware:
         self.prefix = settings.sessions_prefix
         self.management = ManagementAPI(self.store, self.scope_for)
         self._secret: bytes | None = settings.scope_secret.encode() if settings.scope_secret else None
+        self.message_ids = MessageIds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -52,7 +53,15 @@ class SessionMiddleware:
                 await self.management(scope, receive, send, path[len(self.prefix) :])
             elif is_chat_request(scope):
                 turn = ChatTurn(
-                    self.app, self.store, self.settings, self.header_names, self.scope_secret, scope, receive, send
+                    self.app,
+                    self.store,
+                    self.settings,
+                    self.header_names,
+                    self.scope_secret,
+                    self.message_ids,
+                    scope,
+                    receive,
+                    send,
                 )
                 await turn.run()
             else:
