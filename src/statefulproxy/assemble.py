@@ -129,14 +129,7 @@ class ChatStreamAccumulator:
             self._model = model
         if payload.get("usage") is not None:
             self._usage = _usage(payload["usage"])
-        choices = payload.get("choices")
-        if choices is None:
-            return
-        if not isinstance(choices, list):
-            raise _Malformed
-        for choice in choices:
-            if not isinstance(choice, dict):
-                raise _Malformed
+        for choice in _objects(payload.get("choices")):
             if _int(choice.get("index", 0)) == 0:  # n > 1 interleaves choices: record only the first
                 self._apply_choice(choice)
 
@@ -172,14 +165,7 @@ class ChatStreamAccumulator:
         name = _opt_str(delta, "name")
         if name and self._name is None:
             self._name = name
-        tool_calls = delta.get("tool_calls")
-        if tool_calls is None:
-            return
-        if not isinstance(tool_calls, list):
-            raise _Malformed
-        for fragment in tool_calls:
-            if not isinstance(fragment, dict):
-                raise _Malformed
+        for fragment in _objects(delta.get("tool_calls")):
             self._apply_tool_call(fragment)
 
     def _apply_tool_call(self, fragment: dict[str, Any]) -> None:
@@ -298,6 +284,15 @@ def _opt_str(obj: dict[str, Any], key: str) -> str | None:
     if value is None or isinstance(value, str):
         return value
     raise _Malformed
+
+
+def _objects(value: Any) -> list[dict[str, Any]]:
+    """A list of JSON objects, or nothing for null."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise _Malformed
+    return value
 
 
 def _opt_dict(obj: dict[str, Any], key: str) -> dict[str, Any]:
