@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 SessionStatus = Literal["active", "ended", "expired"]
 
@@ -28,6 +28,25 @@ class StoredMessage:
     info: bytes  # orjson bytes of {"id", "created_at", ...}: never sent upstream
 
 
+ExpiryAnchor = Literal["created_at", "last_active_at"]
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiresAfter:
+    """An absolute expiry: the session becomes ``expired`` ``seconds`` after ``anchor``."""
+
+    anchor: ExpiryAnchor
+    seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    """Request limits of one session, counted by the store at each chat request."""
+
+    max_requests_per_1_minute: int | None = None  # sliding 60-second window
+    max_requests: int | None = None  # over the session's lifetime
+
+
 @dataclass(frozen=True, slots=True)
 class SessionSnapshot:
     """What the chat hot path needs: one store round trip."""
@@ -36,6 +55,9 @@ class SessionSnapshot:
     status: SessionStatus
     replay: list[bytes]  # replay bytes of every stored message, oldest first
     leading_system: int  # how many leading messages are system/developer
+    # set when a limit refused this request (nothing was counted): seconds to wait
+    retry_after: int | None = None
+    limited_by: Literal["max_requests_per_1_minute", "max_requests"] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,15 +73,19 @@ class SessionRecord:
     expires_at: int | None
     metadata: dict[str, str] = field(default_factory=dict)
     usage: dict[str, int] = field(default_factory=dict)
+    expires_after: ExpiresAfter | None = None
+    limits: SessionLimits = field(default_factory=SessionLimits)
+    request_count: int = 0  # chat requests counted against max_requests
 
 
 @dataclass(frozen=True, slots=True)
 class NewSession:
-    """Fields for a session that a turn (or POST /v1/sessions) creates."""
+    """Fields for a session that a turn (or POST /v1/sessions, or a fork) creates."""
 
     title: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
-    expires_at: int | None = None
+    expires_after: ExpiresAfter | None = None  # expires_at = anchor time + seconds
+    limits: SessionLimits = field(default_factory=SessionLimits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +131,10 @@ class Store(Protocol):
     async def load(self, scope: str, session_id: str) -> SessionSnapshot | None:
         """The session's status and replay history; None if it does not exist.
 
-        Refreshes the inactivity TTL of an active session.
+        For an active session this is also the chat request's admission, atomically: if a
+        limit refuses it, the snapshot says so in ``retry_after`` / ``limited_by`` and
+        nothing is counted; otherwise the request is counted (sliding one-minute window,
+        lifetime count) and the inactivity TTL refreshed.
         """
 
     async def commit(self, scope: str, session_id: str, write: TurnWrite) -> CommitResult:
@@ -114,24 +143,66 @@ class Store(Protocol):
         - session absent: create it from ``write.create`` and apply; "missing" if
           ``write.create`` is None (it was deleted meanwhile: never resurrect it).
         - session ended / expired: change nothing, return "ended" / "expired".
-        Updates last_active_at, message_count, usage, and the inactivity TTL.
+        Updates last_active_at, message_count, usage, the inactivity TTL, and expires_at
+        when the session expires relative to its last activity. A session created here is
+        listed in the scope's index.
         """
 
-    async def create(self, scope: str, session_id: str, new: NewSession) -> SessionRecord | None:
-        """Create an empty session; None if the id is taken."""
+    async def create(
+        self,
+        scope: str,
+        session_id: str,
+        new: NewSession,
+        messages: Sequence[StoredMessage] = (),
+        leading_system: int = 0,
+    ) -> SessionRecord | None:
+        """Create a session, empty or holding ``messages`` (a fork); None if the id is taken.
+
+        Sets the title from ``new.title`` only (no hint), and lists it in the scope's index.
+        """
 
     async def get(self, scope: str, session_id: str) -> SessionRecord | None: ...
 
+    async def list_sessions(
+        self,
+        scope: str,
+        *,
+        limit: int,
+        order: Literal["asc", "desc"] = "desc",
+        after: str | None = None,
+        before: str | None = None,
+        status: SessionStatus | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> tuple[list[SessionRecord], bool] | None:
+        """One page of the scope's sessions in creation order, and whether more follow.
+
+        Reads the scope's index (never a key scan); index entries whose session is gone
+        are dropped from it on the way. ``after``/``before`` are session ids (exclusive
+        cursors, in the listing's order); filters apply before ``limit``. None when a
+        cursor names no session of the index.
+        """
+
+    async def update(
+        self, scope: str, session_id: str, *, title: str | None = None, metadata: dict[str, str] | None = None
+    ) -> SessionRecord | None:
+        """Set the title and/or replace the metadata (None: leave as is); None if it does not exist."""
+
     async def messages(self, scope: str, session_id: str) -> list[StoredMessage] | None:
         """The whole history, oldest first; None if the session does not exist."""
+
+    async def clear(self, scope: str, session_id: str) -> SessionRecord | None:
+        """Remove every message, keep the session (title, usage, ...). None if it does not exist."""
 
     async def end(self, scope: str, session_id: str) -> SessionRecord | None:
         """Mark it ended (read-only). None if it does not exist."""
 
     async def delete(self, scope: str, session_id: str) -> bool:
-        """Delete it and all its messages. False if it did not exist."""
+        """Delete it, all its messages and its index entry. False if it did not exist."""
+
+    async def put_client_secret(self, secret_hash: str, scope: str, session_id: str, ttl: float) -> None:
+        """Remember that ``secret_hash`` opens ``session_id`` of ``scope``, for ``ttl`` seconds."""
+
+    async def client_secret(self, secret_hash: str) -> tuple[str, str] | None:
+        """(scope, session id) a live secret opens; None if unknown or expired."""
 
 
-def record_fields(meta: dict[str, Any]) -> dict[str, Any]:
-    """Keys of SessionRecord, for stores that keep it as a mapping."""
-    return {k: meta[k] for k in SessionRecord.__slots__ if k in meta}
