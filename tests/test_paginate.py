@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from statefulproxy.errors import ClientError
-from statefulproxy.management import message_object, paginate, session_object
+from statefulproxy.api_models import message_object, paginate, session_object
 from statefulproxy.stores.base import SessionRecord, StoredMessage
 
 ITEMS = [{"id": f"msg_{i:02d}", "n": i} for i in range(45)]
@@ -296,6 +296,10 @@ def test_session_object() -> None:
         "created_at": 100,
         "last_active_at": 200,
         "expires_at": None,
+        "expires_after": None,
+        "rate_limits": {"max_requests_per_1_minute": None},
+        "max_requests": None,
+        "request_count": 0,
         "metadata": {"k": "v"},
         "usage": {"total_tokens": 9},
     }

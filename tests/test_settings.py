@@ -148,6 +148,8 @@ def test_every_key_has_an_environment_variable() -> None:
         "STATEFULPROXY_FORWARD_STORE": "yes",
         "STATEFULPROXY_REPLAY_REASONING": "reasoning_content",
         "STATEFULPROXY_SCOPE_SECRET": "k" * 32,
+        "STATEFULPROXY_UPSTREAM_API_KEY": "sk-upstream",
+        "STATEFULPROXY_UPSTREAM_API_KEY_ENV": "OPENAI_API_KEY",
         "STATEFULPROXY_LOG_LEVEL": "DEBUG",
         "STATEFULPROXY_ACCESS_LOG": "True",
     }
@@ -168,6 +170,8 @@ def test_every_key_has_an_environment_variable() -> None:
         forward_store=True,
         replay_reasoning="reasoning_content",
         scope_secret="k" * 32,
+        upstream_api_key="sk-upstream",
+        upstream_api_key_env="OPENAI_API_KEY",
         log_level="debug",
         access_log=True,
     )
@@ -429,6 +433,8 @@ BAD_VALUES = [
     ("forward_store", "perhaps", "must be true or false"),
     ("replay_reasoning", "think", "must be one of 'none', 'reasoning_content', 'reasoning'"),
     ("scope_secret", "", "must not be empty"),
+    ("upstream_api_key", "", "must not be empty"),
+    ("upstream_api_key_env", "", "must not be empty"),
     ("log_level", "trace", "must be one of 'critical', 'error', 'warning', 'info', 'debug'"),
     ("access_log", "loud", "must be true or false"),
 ]
@@ -540,3 +546,15 @@ def test_settings_from_mapping_rejects_unknown_keys() -> None:
 def test_unknown_cli_key_rejected() -> None:
     with pytest.raises(ConfigError, match=r"^command line: unknown key 'bogus'$"):
         load_settings({"bogus": 1}, {})
+
+
+def test_upstream_api_key_is_hidden_and_can_come_from_a_named_variable() -> None:
+    from statefulproxy.settings import resolve_upstream_api_key
+
+    settings = Settings(upstream_api_key="sk-secret")
+    assert "sk-secret" not in repr(settings)
+    assert resolve_upstream_api_key(settings, {}) == "sk-secret"
+    named = Settings(upstream_api_key_env="MY_KEY")
+    assert resolve_upstream_api_key(named, {"MY_KEY": "sk-from-env"}) == "sk-from-env"
+    assert resolve_upstream_api_key(named, {}) is None
+    assert resolve_upstream_api_key(Settings(), {"MY_KEY": "x"}) is None

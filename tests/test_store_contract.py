@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 import socket
 import time
 import uuid
@@ -17,8 +18,10 @@ import redis.asyncio
 from statefulproxy.errors import ConfigError, StoreError
 from statefulproxy.stores import (
     DROP_ALL,
+    ExpiresAfter,
     MemoryStore,
     NewSession,
+    SessionLimits,
     Store,
     StoredMessage,
     TurnWrite,
@@ -73,10 +76,15 @@ class StoreFactory:
     async def keys(self, store: Store) -> list[str]:
         return sorted([key.decode() async for key in self.diagnostics.scan_iter(match=f"{self.prefix}:*")])
 
+    async def session_keys(self, store: Store) -> list[str]:
+        """The keys of sessions: not the shared secret, scope indexes or client secrets."""
+        pattern = re.compile(rf"{re.escape(self.prefix)}:{{[0-9a-f]{{32}}}}:(meta|msgs|window)")
+        return [key for key in await self.keys(store) if pattern.fullmatch(key)]
+
     async def pttls(self, store: Store) -> dict[str, int]:
-        """PTTL of every session key (the shared secret key excluded)."""
+        """PTTL of every session key."""
         client = self.diagnostics
-        return {key: await client.pttl(key) for key in await self.keys(store) if not key.endswith(":secret")}
+        return {key: await client.pttl(key) for key in await self.session_keys(store)}
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -162,7 +170,11 @@ async def test_unknown_session_is_absent_everywhere(store: Store) -> None:
     assert await store.get(SCOPE, "nope") is None
     assert await store.messages(SCOPE, "nope") is None
     assert await store.end(SCOPE, "nope") is None
+    assert await store.update(SCOPE, "nope", title="t", metadata={"k": "v"}) is None
+    assert await store.clear(SCOPE, "nope") is None
     assert await store.delete(SCOPE, "nope") is False
+    assert await store.list_sessions(SCOPE, limit=10) == ([], False)
+    assert await store.get(SCOPE, "nope") is None  # none of the above made it
 
 
 async def test_commit_creates_and_keeps_exact_bytes_in_order(store: Store) -> None:
@@ -180,6 +192,7 @@ async def test_commit_creates_and_keeps_exact_bytes_in_order(store: Store) -> No
     assert (record.id, record.status, record.title, record.message_count) == ("s1", "active", "hint", 3)
     assert (record.created_at, record.last_active_at, record.expires_at) == (START, START, None)
     assert (record.metadata, record.usage) == ({"k": "v"}, {})
+    assert (record.expires_after, record.limits, record.request_count) == (None, SessionLimits(), 1)  # one load
 
 
 async def test_append_and_last_active_at(make_store: StoreFactory) -> None:
@@ -296,7 +309,7 @@ async def test_commit_never_creates_without_create(store: Store) -> None:
 
 
 async def test_create_makes_an_empty_session_once(store: Store) -> None:
-    new = NewSession(title="T", metadata={"team": "x"}, expires_at=int(START) + 600)
+    new = NewSession(title="T", metadata={"team": "x"}, expires_after=ExpiresAfter("created_at", 600))
     record = await store.create(SCOPE, "s1", new)
     assert record is not None
     assert (record.status, record.title, record.message_count, record.expires_at) == ("active", "T", 0, START + 600)
@@ -331,7 +344,7 @@ async def test_ended_session_is_read_only_but_readable(store: Store) -> None:
 async def test_absolute_expiry_makes_session_read_only(make_store: StoreFactory) -> None:
     store = make_store(ttl=3600)
     expires_at = int(START) + 10
-    await store.commit(SCOPE, "s1", turn("u1", create=NewSession(expires_at=expires_at)))
+    await store.commit(SCOPE, "s1", turn("u1", create=NewSession(expires_after=ExpiresAfter("created_at", 10))))
     make_store.clock.advance(9.5)
     assert await store.commit(SCOPE, "s1", turn("u2")) == "ok"
 
@@ -485,7 +498,7 @@ async def test_redis_session_disappears_after_real_idle_ttl(make_store: StoreFac
         await anyio.sleep(0.02)
     assert await store.load(SCOPE, "s1") is None
     assert await store.messages(SCOPE, "s1") is None
-    assert await make_store.keys(store) == []
+    assert await make_store.session_keys(store) == []
 
 
 @pytest.mark.parametrize("backend", ["redis"])
@@ -500,15 +513,27 @@ async def test_redis_without_ttl_keys_persist(make_store: StoreFactory) -> None:
 async def test_redis_keys_are_hashed_and_share_one_hash_tag(make_store: StoreFactory) -> None:
     store = make_store()
     scope, session_id = "scope-raw-visible", "conversation-id-raw-visible"
-    await store.commit(scope, session_id, turn("u1", create=NewSession()))
-    await store.commit("other-scope", session_id, turn("u1", create=NewSession()))
+    limited = NewSession(limits=SessionLimits(max_requests_per_1_minute=5))
+    await store.commit(scope, session_id, turn("u1", create=limited))
+    await store.load(scope, session_id)  # writes the rate window
+    await store.create("other-scope", session_id, NewSession(), [message("user", "u1")])
+    await store.put_client_secret("ab" * 32, scope, session_id, 60)
 
     keys = await make_store.keys(store)
-    assert len(keys) == 4
     assert not [key for key in keys if "raw-visible" in key or "scope" in key]
     digest = hashlib.blake2b(f"{scope}\0{session_id}".encode(), digest_size=16).hexdigest()
-    mine = [key for key in keys if f"{{{digest}}}" in key]
-    assert mine == [f"{make_store.prefix}:{{{digest}}}:meta", f"{make_store.prefix}:{{{digest}}}:msgs"]
+    scope_digest = hashlib.blake2b(scope.encode(), digest_size=16).hexdigest()
+    other_digest = hashlib.blake2b(b"other-scope", digest_size=16).hexdigest()
+    other = hashlib.blake2b(f"other-scope\0{session_id}".encode(), digest_size=16).hexdigest()
+    prefix = make_store.prefix
+    assert keys == sorted(
+        [
+            *(f"{prefix}:{{{digest}}}:{name}" for name in ("meta", "msgs", "window")),  # one slot per session
+            *(f"{prefix}:{{{other}}}:{name}" for name in ("meta", "msgs")),
+            *(f"{prefix}:{{i{d}}}:{name}" for d in (scope_digest, other_digest) for name in ("index", "seq")),
+            f"{prefix}:cs:{'ab' * 32}",
+        ]
+    )
 
 
 async def test_unreachable_redis_raises_store_error(anyio_backend: str) -> None:

@@ -12,6 +12,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -20,6 +21,7 @@ from .assemble import AssistantReply
 from .errors import ClientError, StoreError
 from .identity import (
     MINTED_PREFIX,
+    Grant,
     body_session_id,
     credential,
     header_session_id,
@@ -50,27 +52,31 @@ def is_chat_request(scope: Scope) -> bool:
     return scope["method"] == "POST" and path.endswith(CHAT_SUFFIX)
 
 
+@dataclass(frozen=True, slots=True)
+class TurnContext:
+    """What every chat turn of one middleware shares: its collaborators and configuration."""
+
+    app: ASGIApp
+    store: Store
+    settings: Settings
+    header_names: frozenset[bytes]
+    scope_secret: Callable[[], Awaitable[bytes]]
+    message_ids: MessageIds
+    upstream_authorization: bytes | None  # "Bearer <key>" for client-secret requests
+
+
 class ChatTurn:
     """Per-request state of one chat request."""
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        store: Store,
-        settings: Settings,
-        header_names: frozenset[bytes],
-        scope_secret: Callable[[], Awaitable[bytes]],
-        message_ids: MessageIds,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-    ) -> None:
-        self.app = app
-        self.store = store
-        self.settings = settings
-        self.header_names = header_names
-        self.scope_secret = scope_secret
-        self.message_ids = message_ids
+    def __init__(self, context: TurnContext, scope: Scope, receive: Receive, send: Send, grant: Grant | None) -> None:
+        self.app = context.app
+        self.store = context.store
+        self.settings = context.settings
+        self.header_names = context.header_names
+        self.scope_secret = context.scope_secret
+        self.message_ids = context.message_ids
+        self.upstream_authorization = context.upstream_authorization
+        self.grant = grant
         self.scope = scope
         self.receive = receive
         self.send = send
@@ -90,7 +96,7 @@ class ChatTurn:
         headers: Headers = self.scope["headers"]
         body = self.body = await self._read_body(headers)
         from_headers = header_session_id(headers, self.header_names)
-        if from_headers is None and not any(marker in body for marker in _SESSION_MARKERS):
+        if from_headers is None and self.grant is None and not any(marker in body for marker in _SESSION_MARKERS):
             await self.app(self.scope, self.receive_replayed_body, self.send)
             return
         try:
@@ -98,11 +104,21 @@ class ChatTurn:
         except orjson.JSONDecodeError:
             parsed = None
         if not isinstance(parsed, dict):
-            if from_headers is not None:
+            if from_headers is not None or self.grant is not None:
                 raise ClientError(400, "The request body must be a JSON object for a session request.")
             await self.app(self.scope, self.receive_replayed_body, self.send)
             return
         session_id = resolve_session_id(body_session_id(parsed), from_headers)
+        if self.grant is not None:
+            # a client secret chats on its own session, named or not
+            if session_id not in (None, self.grant.session_id):
+                raise ClientError(
+                    403,
+                    "A client secret may only chat on and read its own session.",
+                    type="permission_error",
+                    code="client_secret_scope",
+                )
+            session_id = self.grant.session_id
         store_flag = parsed.get("store")
         if store_flag is not None and not isinstance(store_flag, bool):
             raise ClientError(400, "'store' must be a boolean.", param="store")
@@ -115,22 +131,21 @@ class ChatTurn:
         if "messages" not in parsed:
             raise ClientError(400, "'messages' is required for a session request.", param="messages")
         sent = validate_messages(parsed["messages"])
-        scope_hash = scope_of(credential(self.scope["headers"]), await self.scope_secret())
+        if self.grant is not None:
+            scope_hash = self.grant.scope
+        else:
+            scope_hash = scope_of(credential(self.scope["headers"]), await self.scope_secret())
         snapshot: SessionSnapshot | None = None
         if session_id is None:
             session_id = mint_session_id()
         else:
             snapshot = await self.store.load(scope_hash, session_id)
-            if snapshot is None and session_id.startswith(MINTED_PREFIX):
+            if snapshot is None and (session_id.startswith(MINTED_PREFIX) or self.grant is not None):
                 raise ClientError(
                     404, f"No session found with id '{session_id}'.", param="session_id", code="not_found"
                 )
-            if snapshot is not None and snapshot.status != "active":
-                raise ClientError(
-                    409,
-                    f"Session '{session_id}' is {snapshot.status} and read-only.",
-                    code=f"session_{snapshot.status}",
-                )
+            if snapshot is not None:
+                _admit(snapshot)
         reasoning_field = self.settings.replay_reasoning
         plan = plan_turn(
             snapshot.replay if snapshot else (), snapshot.leading_system if snapshot else 0, sent, reasoning_field
@@ -212,8 +227,12 @@ class ChatTurn:
             self.body = orjson.dumps(out)
         # accept-encoding goes too: an uncompressed reply is recorded and rewritten as it is
         drop = self.header_names | {b"content-length", b"accept-encoding"}
+        if self.grant is not None:  # the browser's secret stays here; the upstream gets the proxy's key
+            drop = drop | {b"authorization", b"x-api-key", b"api-key"}
         headers = [(name, value) for name, value in self.scope["headers"] if name.lower() not in drop]
         headers.append((b"content-length", str(len(self.body)).encode()))
+        if self.grant is not None and self.upstream_authorization is not None:
+            headers.append((b"authorization", self.upstream_authorization))
         return {**self.scope, "headers": headers}
 
     async def _read_body(self, headers: Headers) -> bytes:
@@ -242,6 +261,23 @@ class ChatTurn:
             return await self.receive()
         self.replayed = True
         return {"type": "http.request", "body": self.body, "more_body": False}
+
+
+def _admit(snapshot: SessionSnapshot) -> None:
+    """Refuse a turn on a read-only session or one over its request limits."""
+    if snapshot.status != "active":
+        raise ClientError(
+            409, f"Session '{snapshot.id}' is {snapshot.status} and read-only.", code=f"session_{snapshot.status}"
+        )
+    if snapshot.retry_after is not None:
+        per_minute = snapshot.limited_by == "max_requests_per_1_minute"
+        raise ClientError(
+            429,
+            f"Session '{snapshot.id}' is over its {'per-minute request limit' if per_minute else 'request limit'}.",
+            type="rate_limit_error",
+            code="rate_limit_exceeded" if per_minute else "max_requests_exceeded",
+            headers=[(b"retry-after", str(snapshot.retry_after).encode())],
+        )
 
 
 class MessageIds:

@@ -10,6 +10,7 @@ import hmac
 import re
 import secrets
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import ClientError
@@ -99,3 +100,35 @@ def scope_of(credential: bytes | None, secret: bytes) -> str:
     """A keyed hash naming the credential's scope; the credential itself is never kept."""
     message = b"anonymous" if credential is None else b"key:" + credential
     return hmac.digest(secret, message, hashlib.sha256).hex()[:32]
+
+
+CLIENT_SECRET_PREFIX = "spcs_"
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What a client secret opens: one session of one scope."""
+
+    scope: str
+    session_id: str
+
+
+def mint_client_secret() -> str:
+    return CLIENT_SECRET_PREFIX + secrets.token_urlsafe(32)  # 256 random bits
+
+
+def client_secret_hash(token: bytes) -> str:
+    """What is stored of a client secret: it is shown once and never kept."""
+    return hashlib.sha256(token).hexdigest()
+
+
+def client_secret_of(headers: Headers) -> bytes | None:
+    """The bearer token when it is a session client secret (``spcs_...``), else None."""
+    for name, value in headers:
+        if name.lower() == b"authorization":
+            scheme, _, token = value.partition(b" ")
+            token = token.strip()
+            if scheme.lower() == b"bearer" and token.startswith(b"spcs_"):
+                return token
+            return None
+    return None

@@ -1,56 +1,62 @@
 """The management API under ``/v1/sessions`` (CONTRACT.md section 5), scoped to the caller.
 
-A session of another credential is a 404 exactly like one that does not exist.
+A session of another credential is a 404 exactly like one that does not exist. A request
+authenticated by a session's client secret (a ``Grant``) may read that one session only.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
-import orjson
-
+from .api_models import (
+    list_envelope,
+    message_id,
+    message_object,
+    paginate,
+    parse_body,
+    parse_create,
+    parse_fork,
+    parse_list_query,
+    parse_update,
+    session_object,
+)
 from .errors import ClientError, StoreError
-from .identity import SESSION_ID_PATTERN
+from .identity import SESSION_ID_PATTERN, Grant, client_secret_hash, mint_client_secret, mint_session_id
+from .messages import SYSTEM_ROLES
+from .openapi import OPENAPI_PATH_SUFFIX, openapi_document
 from .replies import send_error, send_failure, send_object
-from .stores.base import SessionRecord, Store, StoredMessage
+from .stores.base import NewSession, SessionRecord, Store
 from .types import Headers, Receive, Scope, Send
 
 logger = logging.getLogger("statefulproxy")
 
-_ROUTE = re.compile(r"/(?P<id>[^/]+)(?P<action>/messages|/end)?/?")
-DEFAULT_LIMIT = 20
-MAX_LIMIT = 100
-
-
-def session_object(record: SessionRecord) -> dict[str, Any]:
-    return {"id": record.id, "object": "session", **{k: v for k, v in dataclasses.asdict(record).items() if k != "id"}}
-
-
-def message_object(message: StoredMessage) -> dict[str, Any]:
-    info = orjson.loads(message.info)
-    replay = orjson.loads(message.replay)
-    out: dict[str, Any] = {"id": info["id"], "object": "session.message", **replay, "created_at": info["created_at"]}
-    for kept in ("refusal", "reasoning"):
-        if info.get(kept):
-            out[kept] = info[kept]
-    return out
+_SESSION_ROUTE = re.compile(r"/(?P<id>[^/]+)(?P<action>/messages|/end|/cancel|/fork)?/?")
+MAX_MANAGEMENT_BODY = 1024 * 1024
 
 
 class ManagementAPI:
     """A pure ASGI app for the session endpoints; ``rest`` is the path after the prefix."""
 
-    def __init__(self, store: Store, scope_for: Callable[[Headers], Awaitable[str]]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        scope_for: Callable[[Headers], Awaitable[str]],
+        prefix: str,
+        upstream_api_key: str | None,
+    ) -> None:
         self.store = store
         self.scope_for = scope_for
+        self.upstream_api_key = upstream_api_key
+        self.openapi = openapi_document(prefix)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send, rest: str) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, rest: str, grant: Grant | None = None) -> None:
         try:
-            status, body = await self._handle(scope, rest)
+            status, body = await self._handle(scope, receive, rest, grant)
         except ClientError as error:
             await send_error(send, error)
             return
@@ -60,76 +66,169 @@ class ManagementAPI:
             return
         await send_object(send, status, body)
 
-    async def _handle(self, scope: Scope, rest: str) -> tuple[int, Any]:
-        match = _ROUTE.fullmatch(rest)
+    async def _handle(self, scope: Scope, receive: Receive, rest: str, grant: Grant | None) -> tuple[int, Any]:
+        method: str = scope["method"]
+        if rest == OPENAPI_PATH_SUFFIX and grant is None:
+            if method != "GET":
+                raise _not_allowed(method, scope)
+            return 200, self.openapi
+        if rest in ("", "/"):
+            if grant is not None:
+                raise _forbidden()
+            owner = await self.scope_for(scope["headers"])
+            if method == "POST":
+                return await self._create(owner, await _read_body(receive))
+            if method == "GET":
+                return await self._list(owner, scope["query_string"])
+            raise _not_allowed(method, scope)
+        match = _SESSION_ROUTE.fullmatch(rest)
         if match is None:
             raise ClientError(404, f"Unknown path '{scope['path']}'.", type="not_found_error", code="not_found")
-        session_id, action, method = match["id"], match["action"], scope["method"]
+        session_id, action = match["id"], match["action"]
         if SESSION_ID_PATTERN.fullmatch(session_id) is None:
             raise _not_found(session_id)
-        owner = await self.scope_for(scope["headers"])
-        if action is None and method == "GET":
-            return 200, session_object(await _found(self.store.get(owner, session_id), session_id))
-        if action is None and method == "DELETE":
-            if not await self.store.delete(owner, session_id):
-                raise _not_found(session_id)
-            return 200, {"id": session_id, "object": "session.deleted", "deleted": True}
-        if action == "/end" and method == "POST":
-            return 200, session_object(await _found(self.store.end(owner, session_id), session_id))
-        if action == "/messages" and method == "GET":
-            messages = await _found(self.store.messages(owner, session_id), session_id)
-            return 200, paginate([message_object(m) for m in messages], dict(parse_qsl(scope["query_string"].decode())))
-        raise ClientError(405, f"Method {method} is not allowed on '{scope['path']}'.", code="method_not_allowed")
+        if grant is not None:
+            # a client secret reads its own session and nothing else
+            if session_id != grant.session_id or method != "GET" or action not in (None, "/messages"):
+                raise _forbidden()
+            owner = grant.scope
+        else:
+            owner = await self.scope_for(scope["headers"])
+        return await self._session_call(owner, session_id, action, method, scope, receive)
+
+    async def _session_call(
+        self, owner: str, session_id: str, action: str | None, method: str, scope: Scope, receive: Receive
+    ) -> tuple[int, Any]:
+        store = self.store
+        if action is None:
+            if method == "GET":
+                return 200, session_object(_found(await store.get(owner, session_id), session_id))
+            if method == "POST":
+                title, metadata = parse_update(parse_body(await _read_body(receive)))
+                record = await store.update(owner, session_id, title=title, metadata=metadata)
+                return 200, session_object(_found(record, session_id))
+            if method == "DELETE":
+                if not await store.delete(owner, session_id):
+                    raise _not_found(session_id)
+                return 200, {"id": session_id, "object": "session.deleted", "deleted": True}
+        elif action == "/messages":
+            if method == "GET":
+                messages = _found(await store.messages(owner, session_id), session_id)
+                query = dict(parse_qsl(scope["query_string"].decode("latin-1")))
+                return 200, paginate([message_object(m) for m in messages], query)
+            if method == "DELETE":
+                record = _found(await store.get(owner, session_id), session_id)
+                _writable(record)
+                return 200, session_object(_found(await store.clear(owner, session_id), session_id))
+        elif action in ("/end", "/cancel") and method == "POST":
+            return 200, session_object(_found(await store.end(owner, session_id), session_id))
+        elif action == "/fork" and method == "POST":
+            return 201, await self._fork(owner, session_id, await _read_body(receive))
+        raise _not_allowed(method, scope)
+
+    async def _create(self, owner: str, raw: bytes) -> tuple[int, Any]:
+        request = parse_create(parse_body(raw))
+        if request.client_secret_seconds is not None and self.upstream_api_key is None:
+            raise ClientError(
+                400,
+                "Client secrets need an upstream key: set upstream_api_key, or upstream_api_key_env to the name "
+                "of an environment variable holding it.",
+                param="client_secret",
+                code="upstream_api_key_not_configured",
+            )
+        record = await self._create_unique(owner, request.new)
+        body = session_object(record)
+        if request.client_secret_seconds is not None:
+            token = mint_client_secret()
+            seconds = request.client_secret_seconds
+            await self.store.put_client_secret(client_secret_hash(token.encode()), owner, record.id, seconds)
+            body["client_secret"] = {"value": token, "expires_at": int(time.time()) + seconds}
+        return 201, body
+
+    async def _list(self, owner: str, query_string: bytes) -> tuple[int, Any]:
+        query = parse_list_query(parse_qsl(query_string.decode("latin-1")))
+        page = await self.store.list_sessions(
+            owner,
+            limit=query.limit,
+            order=query.order,
+            after=query.after,
+            before=query.before,
+            status=query.status,
+            metadata=query.metadata,
+        )
+        if page is None:
+            cursor = query.after if query.after is not None else query.before
+            raise ClientError(400, f"No session with id '{cursor}' to page from.", param="after")
+        records, has_more = page
+        return 200, list_envelope([session_object(record) for record in records], has_more)
+
+    async def _fork(self, owner: str, session_id: str, raw: bytes) -> dict[str, Any]:
+        up_to, title = parse_fork(parse_body(raw))
+        source = _found(await self.store.get(owner, session_id), session_id)
+        messages = _found(await self.store.messages(owner, session_id), session_id)
+        if up_to is not None:
+            ids = [message_id(message) for message in messages]
+            if up_to not in ids:
+                raise ClientError(400, f"No message with id '{up_to}' in this session.", param="up_to_message_id")
+            messages = messages[: ids.index(up_to) + 1]
+        leading = 0
+        for message in messages:
+            if message_object(message)["role"] not in SYSTEM_ROLES:
+                break
+            leading += 1
+        new = NewSession(title=title if title is not None else source.title, metadata=dict(source.metadata))
+        return session_object(await self._create_unique(owner, new, messages, leading))
+
+    async def _create_unique(self, owner: str, new: NewSession, *args: Any) -> SessionRecord:
+        # 128 random bits: a collision is not expected, but it must never overwrite a session
+        for _ in range(3):
+            record = await self.store.create(owner, mint_session_id(), new, *args)
+            if record is not None:
+                return record
+        raise StoreError("could not mint a free session id")
 
 
-def paginate(items: Sequence[dict[str, Any]], query: dict[str, str]) -> dict[str, Any]:
-    """An OpenAI list envelope over ``items`` (oldest first) per limit/order/after/before/page."""
-    limit = _int_param(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-    order = query.get("order", "asc")
-    if order not in ("asc", "desc"):
-        raise ClientError(400, "'order' must be 'asc' or 'desc'.", param="order")
-    ordered = list(items) if order == "asc" else list(reversed(items))
-    start, end = 0, len(ordered)
-    if "page" in query:
-        start = _int_param(query, "page", 0, 0, 1 << 31) * limit
-    if "after" in query:
-        start = _index_of(ordered, query["after"], "after") + 1
-    if "before" in query:
-        end = _index_of(ordered, query["before"], "before")
-        start = max(start, end - limit) if "after" not in query else start
-    page = ordered[start : min(end, start + limit)]
-    return {
-        "object": "list",
-        "data": page,
-        "first_id": page[0]["id"] if page else None,
-        "last_id": page[-1]["id"] if page else None,
-        # paging backwards (`before` alone), "more" lies before the page
-        "has_more": start > 0 if "before" in query and "after" not in query else start + len(page) < end,
-    }
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientError(400, "The client disconnected.")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_MANAGEMENT_BODY:
+            raise ClientError(413, "The request body is too large.", code="request_too_large")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
-def _int_param(query: dict[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = query.get(name)
-    if raw is None:
-        return default
-    if not (raw.isascii() and raw.isdigit() and len(raw) < 100) or not low <= int(raw) <= high:
-        raise ClientError(400, f"'{name}' must be an integer from {low} to {high}.", param=name)
-    return int(raw)
-
-
-def _index_of(items: Sequence[dict[str, Any]], item_id: str, param: str) -> int:
-    for index, item in enumerate(items):
-        if item["id"] == item_id:
-            return index
-    raise ClientError(400, f"No message with id '{item_id}' to page from.", param=param)
-
-
-async def _found(result: Awaitable[Any], session_id: str) -> Any:
-    value = await result
+def _found(value: Any, session_id: str) -> Any:
     if value is None:
         raise _not_found(session_id)
     return value
 
 
+def _writable(record: SessionRecord) -> None:
+    if record.status != "active":
+        raise ClientError(
+            409, f"Session '{record.id}' is {record.status} and read-only.", code=f"session_{record.status}"
+        )
+
+
+def _not_allowed(method: str, scope: Scope) -> ClientError:
+    return ClientError(405, f"Method {method} is not allowed on '{scope['path']}'.", code="method_not_allowed")
+
+
 def _not_found(session_id: str) -> ClientError:
     return ClientError(404, f"No session found with id '{session_id}'.", type="not_found_error", code="not_found")
+
+
+def _forbidden() -> ClientError:
+    return ClientError(
+        403,
+        "A client secret may only chat on and read its own session.",
+        type="permission_error",
+        code="client_secret_scope",
+    )

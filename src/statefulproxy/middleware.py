@@ -8,12 +8,16 @@ untouched. The proxy is this middleware around a passthrough app.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from typing import Any
 
-from .chat import ChatTurn, MessageIds, is_chat_request
-from .identity import credential, scope_of
+from .chat import ChatTurn, MessageIds, TurnContext, is_chat_request
+from .errors import ClientError, StoreError
+from .identity import Grant, client_secret_hash, client_secret_of, credential, scope_of
 from .management import ManagementAPI
-from .settings import Settings, settings_from_mapping
+from .replies import send_error, send_failure
+from .settings import Settings, resolve_upstream_api_key, settings_from_mapping
 from .stores import Store, store_from_url
 from .types import ASGIApp, Headers, Message, Receive, Scope, Send
 
@@ -28,7 +32,13 @@ class SessionMiddleware:
     """
 
     def __init__(
-        self, app: ASGIApp, store: str | Store = "memory://", *, settings: Settings | None = None, **options: Any
+        self,
+        app: ASGIApp,
+        store: str | Store = "memory://",
+        *,
+        settings: Settings | None = None,
+        environ: Mapping[str, str] | None = None,
+        **options: Any,
     ) -> None:
         if settings is None:
             settings = settings_from_mapping(
@@ -42,28 +52,30 @@ class SessionMiddleware:
         )
         self.header_names = frozenset(name.encode("latin-1") for name in settings.session_headers)
         self.prefix = settings.sessions_prefix
-        self.management = ManagementAPI(self.store, self.scope_for)
+        upstream_key = resolve_upstream_api_key(settings, os.environ if environ is None else environ)
+        self.management = ManagementAPI(self.store, self.scope_for, self.prefix, upstream_key)
         self._secret: bytes | None = settings.scope_secret.encode() if settings.scope_secret else None
-        self.message_ids = MessageIds()
+        self.turns = TurnContext(
+            app=app,
+            store=self.store,
+            settings=settings,
+            header_names=self.header_names,
+            scope_secret=self.scope_secret,
+            message_ids=MessageIds(),
+            upstream_authorization=None if upstream_key is None else b"Bearer " + upstream_key.encode("latin-1"),
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            path: str = scope["path"]
-            if path.startswith(self.prefix) and (len(path) == len(self.prefix) or path[len(self.prefix)] == "/"):
-                await self.management(scope, receive, send, path[len(self.prefix) :])
+            token = client_secret_of(scope["headers"])
+            if token is not None:
+                await self._with_client_secret(token, scope, receive, send)
+                return
+            rest = self._management_path(scope["path"])
+            if rest is not None:
+                await self.management(scope, receive, send, rest)
             elif is_chat_request(scope):
-                turn = ChatTurn(
-                    self.app,
-                    self.store,
-                    self.settings,
-                    self.header_names,
-                    self.scope_secret,
-                    self.message_ids,
-                    scope,
-                    receive,
-                    send,
-                )
-                await turn.run()
+                await ChatTurn(self.turns, scope, receive, send, None).run()
             else:
                 await self.app(scope, receive, send)
         elif scope["type"] == "lifespan" and self.owns_store:
@@ -78,6 +90,33 @@ class SessionMiddleware:
 
     async def scope_for(self, headers: Headers) -> str:
         return scope_of(credential(headers), await self.scope_secret())
+
+    async def _with_client_secret(self, token: bytes, scope: Scope, receive: Receive, send: Send) -> None:
+        """A browser's request: it may chat on and read one session, and reach nothing else."""
+        try:
+            found = await self.store.client_secret(client_secret_hash(token))
+        except StoreError:
+            await send_failure(send, 503, "The session store is unavailable.", "store_error", "store_unavailable")
+            return
+        if found is None:
+            error = ClientError(401, "Invalid or expired client secret.", type="authentication_error")
+            await send_error(send, error)
+            return
+        grant = Grant(*found)
+        rest = self._management_path(scope["path"])
+        if rest is not None:
+            await self.management(scope, receive, send, rest, grant)
+        elif is_chat_request(scope):
+            await ChatTurn(self.turns, scope, receive, send, grant).run()
+        else:
+            message = "A client secret may only chat on and read its own session."
+            await send_error(send, ClientError(403, message, type="permission_error", code="client_secret_scope"))
+
+    def _management_path(self, path: str) -> str | None:
+        prefix = self.prefix
+        if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
+            return path[len(prefix) :]
+        return None
 
     def _closing_store(self, send: Send) -> Send:
         async def send_closing_store(message: Message) -> None:

@@ -29,6 +29,7 @@ __all__ = [
     "ReplayReasoning",
     "Settings",
     "load_settings",
+    "resolve_upstream_api_key",
     "settings_from_mapping",
 ]
 
@@ -63,6 +64,8 @@ class Settings:
     forward_store: bool = False
     replay_reasoning: ReplayReasoning = "none"
     scope_secret: str | None = None
+    upstream_api_key: str | None = None
+    upstream_api_key_env: str | None = None
     log_level: LogLevel = "info"
     access_log: bool = False
 
@@ -112,6 +115,15 @@ def settings_from_mapping(values: Mapping[str, Any], *, source: str) -> Settings
     return Settings(**{key: _parse(key, _PARSERS[key], value, source) for key, value in values.items()})
 
 
+def resolve_upstream_api_key(settings: Settings, environ: Mapping[str, str]) -> str | None:
+    """The key the proxy authenticates upstream with for client-secret requests, if any."""
+    if settings.upstream_api_key:
+        return settings.upstream_api_key
+    if settings.upstream_api_key_env:
+        return environ.get(settings.upstream_api_key_env) or None
+    return None
+
+
 def _read_config_file(path: str, source: str) -> Mapping[Any, Any]:
     try:
         with open(path, encoding="utf-8") as file:
@@ -156,7 +168,7 @@ def _shown(key: str, value: Any) -> str:
 
 
 def _redacted(key: str, value: Any) -> str:
-    if key == "scope_secret" and value:
+    if key in ("scope_secret", "upstream_api_key") and value:
         return "<hidden>"
     text = repr(value)
     if key in ("upstream", "store"):
@@ -373,6 +385,8 @@ _PARSERS: Final[Mapping[str, Callable[[Any], Any]]] = MappingProxyType(
         "forward_store": _boolean,
         "replay_reasoning": _choice(get_args(ReplayReasoning)),
         "scope_secret": _secret,
+        "upstream_api_key": _secret,
+        "upstream_api_key_env": _secret,
         "log_level": _choice(get_args(LogLevel)),
         "access_log": _boolean,
     }

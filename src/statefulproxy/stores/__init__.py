@@ -10,7 +10,10 @@ from ..errors import ConfigError
 from .base import (
     DROP_ALL,
     CommitResult,
+    ExpiresAfter,
+    ExpiryAnchor,
     NewSession,
+    SessionLimits,
     SessionRecord,
     SessionSnapshot,
     SessionStatus,
@@ -23,8 +26,11 @@ from .memory import MemoryStore
 __all__ = [
     "DROP_ALL",
     "CommitResult",
+    "ExpiresAfter",
+    "ExpiryAnchor",
     "MemoryStore",
     "NewSession",
+    "SessionLimits",
     "SessionRecord",
     "SessionSnapshot",
     "SessionStatus",

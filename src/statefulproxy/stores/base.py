@@ -204,5 +204,3 @@ class Store(Protocol):
 
     async def client_secret(self, secret_hash: str) -> tuple[str, str] | None:
         """(scope, session id) a live secret opens; None if unknown or expired."""
-
-

@@ -9,13 +9,17 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from .base import (
     DROP_ALL,
     CommitResult,
+    ExpiresAfter,
     NewSession,
+    SessionLimits,
     SessionRecord,
     SessionSnapshot,
     SessionStatus,
@@ -25,25 +29,41 @@ from .base import (
 
 # An occasional sweep drops dead sessions nobody asks for again; at most this often.
 _MAX_SWEEP_INTERVAL = 60.0
+_WINDOW_MS = 60_000  # the sliding window of max_requests_per_1_minute
+_NO_DEADLINE_RETRY = 86400  # retry_after of a capped session that never goes away
+
+LimitedBy = Literal["max_requests_per_1_minute", "max_requests"]
 
 
 @dataclass(slots=True)
 class _Session:
     created_at: int
     last_active_at: int
-    expires_at: int | None
     title: str | None
     metadata: dict[str, str]
     deadline: float  # clock() value after which the idle session is gone
+    expires_after: ExpiresAfter | None = None
+    limits: SessionLimits = field(default_factory=SessionLimits)
     ended: bool = False
     leading_system: int = 0
+    request_count: int = 0
     usage: dict[str, int] = field(default_factory=dict)
     messages: list[StoredMessage] = field(default_factory=list)
+    window: deque[int] = field(default_factory=deque)  # ms of the requests admitted in the last minute
+
+    @property
+    def expires_at(self) -> int | None:
+        # last_active_at moves only with a turn, so this is also "recomputed at every commit"
+        after = self.expires_after
+        if after is None:
+            return None
+        return (self.created_at if after.anchor == "created_at" else self.last_active_at) + after.seconds
 
     def status(self, now: float) -> SessionStatus:
         if self.ended:
             return "ended"
-        if self.expires_at is not None and now >= self.expires_at:
+        expires_at = self.expires_at
+        if expires_at is not None and now >= expires_at:
             return "expired"
         return "active"
 
@@ -58,6 +78,9 @@ class _Session:
             expires_at=self.expires_at,
             metadata=dict(self.metadata),
             usage=dict(self.usage),
+            expires_after=self.expires_after,
+            limits=self.limits,
+            request_count=self.request_count,
         )
 
 
@@ -66,12 +89,20 @@ class MemoryStore:
 
     ``ttl`` is the inactivity TTL in seconds (None: sessions never expire); ``clock``
     returns unix seconds and is injectable for tests.
+
+    ``update`` changes ended and expired sessions too (title and metadata are management
+    data); ``clear`` changes only active ones. Neither refreshes the inactivity TTL. Every
+    admitted ``load`` of an active session counts in ``request_count``, limits or not; a
+    refused one changes nothing (not even the TTL) and carries no history.
     """
 
     def __init__(self, *, ttl: float | None = None, clock: Callable[[], float] = time.time) -> None:
         self._ttl = ttl
         self._clock = clock
         self._sessions: dict[tuple[str, str], _Session] = {}
+        # per scope, its session ids in creation order (dicts keep insertion order)
+        self._index: dict[str, dict[str, None]] = {}
+        self._secrets: dict[str, tuple[str, str, float]] = {}
         self._secret = os.urandom(32)
         self._sweep_interval = math.inf if ttl is None else min(ttl / 10, _MAX_SWEEP_INTERVAL)
         self._next_sweep = clock() + self._sweep_interval
@@ -99,6 +130,9 @@ class MemoryStore:
             return None
         status = session.status(now)
         if status == "active":
+            refused = self._admit(session, now)
+            if refused is not None:  # over a limit: the history is not needed
+                return SessionSnapshot(session_id, status, [], 0, *refused)
             session.deadline = self._deadline(now)
         return SessionSnapshot(
             id=session_id,
@@ -113,8 +147,7 @@ class MemoryStore:
         if session is None:
             if write.create is None:
                 return "missing"
-            session = self._new_session(write.create, now)
-            self._sessions[scope, session_id] = session
+            session = self._add(scope, session_id, write.create, now)
         else:
             status = session.status(now)
             if status != "active":
@@ -139,12 +172,20 @@ class MemoryStore:
         session.deadline = self._deadline(now)
         return "ok"
 
-    async def create(self, scope: str, session_id: str, new: NewSession) -> SessionRecord | None:
+    async def create(
+        self,
+        scope: str,
+        session_id: str,
+        new: NewSession,
+        messages: Sequence[StoredMessage] = (),
+        leading_system: int = 0,
+    ) -> SessionRecord | None:
         now = self._clock()
         if self._lookup(scope, session_id, now) is not None:
             return None
-        session = self._new_session(new, now)
-        self._sessions[scope, session_id] = session
+        session = self._add(scope, session_id, new, now)
+        session.messages = list(messages)
+        session.leading_system = leading_system
         return session.record(session_id, now)
 
     async def get(self, scope: str, session_id: str) -> SessionRecord | None:
@@ -152,9 +193,75 @@ class MemoryStore:
         session = self._lookup(scope, session_id, now)
         return None if session is None else session.record(session_id, now)
 
+    async def list_sessions(
+        self,
+        scope: str,
+        *,
+        limit: int,
+        order: Literal["asc", "desc"] = "desc",
+        after: str | None = None,
+        before: str | None = None,
+        status: SessionStatus | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> tuple[list[SessionRecord], bool] | None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        now = self._clock()
+        self._maybe_sweep(now)
+        ids = list(self._index.get(scope, ()))
+        if order == "desc":
+            ids.reverse()
+        if (after is not None and after not in ids) or (before is not None and before not in ids):
+            return None
+        start = 0 if after is None else ids.index(after) + 1
+        candidates = ids[start : len(ids) if before is None else ids.index(before)]
+        backwards = before is not None and after is None  # walk from `before` towards the start
+        if backwards:
+            candidates.reverse()
+        found: list[SessionRecord] = []
+        for session_id in candidates:
+            session = self._lookup(scope, session_id, now)
+            if session is None:
+                continue
+            record = session.record(session_id, now)
+            if status is not None and record.status != status:
+                continue
+            if metadata and any(record.metadata.get(key) != value for key, value in metadata.items()):
+                continue
+            found.append(record)
+            if len(found) > limit:
+                break
+        page = found[:limit]
+        if backwards:
+            page.reverse()
+        return page, len(found) > limit
+
+    async def update(
+        self, scope: str, session_id: str, *, title: str | None = None, metadata: dict[str, str] | None = None
+    ) -> SessionRecord | None:
+        now = self._clock()
+        session = self._lookup(scope, session_id, now)
+        if session is None:
+            return None
+        if title is not None:
+            session.title = title
+        if metadata is not None:
+            session.metadata = dict(metadata)
+        return session.record(session_id, now)
+
     async def messages(self, scope: str, session_id: str) -> list[StoredMessage] | None:
         session = self._lookup(scope, session_id, self._clock())
         return None if session is None else list(session.messages)
+
+    async def clear(self, scope: str, session_id: str) -> SessionRecord | None:
+        now = self._clock()
+        session = self._lookup(scope, session_id, now)
+        if session is None:
+            return None
+        if session.status(now) == "active":
+            session.messages = []
+            session.leading_system = 0
+        return session.record(session_id, now)
 
     async def end(self, scope: str, session_id: str) -> SessionRecord | None:
         now = self._clock()
@@ -165,21 +272,66 @@ class MemoryStore:
         return session.record(session_id, now)
 
     async def delete(self, scope: str, session_id: str) -> bool:
-        now = self._clock()
-        if self._lookup(scope, session_id, now) is None:
+        if self._lookup(scope, session_id, self._clock()) is None:
             return False
-        del self._sessions[scope, session_id]
+        self._forget(scope, session_id)
         return True
 
-    def _new_session(self, new: NewSession, now: float) -> _Session:
-        return _Session(
+    async def put_client_secret(self, secret_hash: str, scope: str, session_id: str, ttl: float) -> None:
+        self._secrets[secret_hash] = (scope, session_id, self._clock() + ttl)
+
+    async def client_secret(self, secret_hash: str) -> tuple[str, str] | None:
+        now = self._clock()
+        self._maybe_sweep(now)
+        found = self._secrets.get(secret_hash)
+        if found is None:
+            return None
+        if now >= found[2]:
+            del self._secrets[secret_hash]
+            return None
+        return found[0], found[1]
+
+    def _admit(self, session: _Session, now: float) -> tuple[int, LimitedBy] | None:
+        """Count one request of an active session, or (retry_after, limit) when a limit refuses it."""
+        limits = session.limits
+        if limits.max_requests is not None and session.request_count >= limits.max_requests:
+            # the cap holds until the session expires or is removed for inactivity
+            expires_at = session.expires_at
+            if expires_at is not None:
+                wait = math.ceil(expires_at - now)
+            else:
+                wait = _NO_DEADLINE_RETRY if self._ttl is None else math.ceil(session.deadline - now)
+            return max(wait, 1), "max_requests"
+        if limits.max_requests_per_1_minute is not None:
+            now_ms, window = round(now * 1000), session.window
+            while window and window[0] <= now_ms - _WINDOW_MS:
+                window.popleft()
+            if len(window) >= limits.max_requests_per_1_minute:
+                return max(-((now_ms - window[0] - _WINDOW_MS) // 1000), 1), "max_requests_per_1_minute"
+            window.append(now_ms)
+        session.request_count += 1
+        return None
+
+    def _add(self, scope: str, session_id: str, new: NewSession, now: float) -> _Session:
+        session = _Session(
             created_at=int(now),
             last_active_at=int(now),
-            expires_at=new.expires_at,
             title=new.title or None,
             metadata=dict(new.metadata),
             deadline=self._deadline(now),
+            expires_after=new.expires_after,
+            limits=new.limits,
         )
+        self._sessions[scope, session_id] = session
+        self._index.setdefault(scope, {})[session_id] = None
+        return session
+
+    def _forget(self, scope: str, session_id: str) -> None:
+        del self._sessions[scope, session_id]
+        index = self._index[scope]
+        del index[session_id]
+        if not index:
+            del self._index[scope]
 
     def _deadline(self, now: float) -> float:
         return math.inf if self._ttl is None else now + self._ttl
@@ -189,7 +341,7 @@ class MemoryStore:
         self._maybe_sweep(now)
         session = self._sessions.get((scope, session_id))
         if session is not None and now > session.deadline:
-            del self._sessions[scope, session_id]
+            self._forget(scope, session_id)
             return None
         return session
 
@@ -197,6 +349,7 @@ class MemoryStore:
         if now < self._next_sweep:
             return
         self._next_sweep = now + self._sweep_interval
-        dead = [key for key, session in self._sessions.items() if now > session.deadline]
-        for key in dead:
-            del self._sessions[key]
+        for scope, session_id in [key for key, session in self._sessions.items() if now > session.deadline]:
+            self._forget(scope, session_id)
+        for secret_hash in [key for key, (_, _, deadline) in self._secrets.items() if now >= deadline]:
+            del self._secrets[secret_hash]

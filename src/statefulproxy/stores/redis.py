@@ -1,10 +1,17 @@
-"""The Redis session store: one hash and one list per session, each change one Lua script.
+"""The Redis store: per session one hash, one list and one rate window, each change one Lua script.
 
-Keys are ``<prefix>:{<h>}:meta`` (hash) and ``<prefix>:{<h>}:msgs`` (list) with ``h`` a
-hash of (scope, session id), so no raw id or credential hash ever names a key, and the
-shared ``{h}`` hash tag keeps every multi-key script on one Redis Cluster slot. A list
-element is ``replay + b"\\n" + info``: orjson never emits a raw newline, so the first one
-splits the two. ``now`` comes from the injected clock, never from Redis ``TIME``.
+Session keys are ``<prefix>:{<h>}:meta`` (hash), ``:msgs`` (list) and ``:window`` (sorted
+set), ``h`` a hash of (scope, session id): no raw id or credential hash ever names a key,
+and the shared ``{h}`` tag keeps each script on one Redis Cluster slot. A list element is
+``replay + b"\\n" + info`` (orjson never emits a raw newline). ``now`` comes from the
+injected clock, never from Redis ``TIME``.
+
+Each scope's listing index is ``<prefix>:{i<s>}:index`` (session ids scored by INCR on
+``:seq``), ``s`` a hash of the scope, on its own slot. Creating writes the index entry
+first and the session second, pipelined in one round trip: an entry without a session is
+dropped at list time, a session without an entry would be invisible. Index and seq keys
+have no TTL (an index must never expire before a session it lists): entries of sessions
+gone idle are dropped when a listing reaches them.
 """
 
 from __future__ import annotations
@@ -16,15 +23,19 @@ import ssl
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import orjson
 from redis.asyncio.connection import SSLConnection, parse_url
 
 from ..errors import ConfigError, StoreError
+from . import redis_scripts as lua
 from .base import (
     CommitResult,
+    ExpiresAfter,
+    ExpiryAnchor,
     NewSession,
+    SessionLimits,
     SessionRecord,
     SessionSnapshot,
     SessionStatus,
@@ -34,140 +45,7 @@ from .base import (
 from .resp import RespAddress, RespClient, RespError, Script
 
 _USAGE = "u:"  # meta field prefix of each usage counter
-
-_REFRESH = """
-local function refresh(meta, msgs, ttl_ms)
-  if tonumber(ttl_ms) > 0 then
-    redis.call('PEXPIRE', meta, ttl_ms)
-    redis.call('PEXPIRE', msgs, ttl_ms)
-  end
-end
-"""
-
-# title is "-" (none) or "+<title>", expires_at "" (none) or unix seconds. A list left
-# without its meta hash is stale: drop it.
-_CREATE_META = """
-local function create_meta(meta, msgs, now, title, metadata, expires_at)
-  redis.call('DEL', msgs)
-  redis.call('HSET', meta, 'status', 'active', 'created_at', now, 'last_active_at', now,
-    'expires_at', expires_at, 'metadata', metadata, 'leading_system', 0, 'message_count', 0)
-  if title ~= '-' then redis.call('HSET', meta, 'title', string.sub(title, 2)) end
-end
-"""
-
-# KEYS meta, msgs. ARGV: now, ttl_ms. -> false | {status, leading_system, messages}
-_LOAD = (
-    _REFRESH
-    + """
-local m = redis.call('HMGET', KEYS[1], 'status', 'expires_at', 'leading_system')
-if not m[1] then return false end
-local status = m[1]
-local expires_at = tonumber(m[2])
-if status == 'active' and expires_at and tonumber(ARGV[1]) >= expires_at then status = 'expired' end
-if status == 'active' then refresh(KEYS[1], KEYS[2], ARGV[2]) end
-return {status, m[3], redis.call('LRANGE', KEYS[2], 0, -1)}
-"""
-)
-
-# KEYS meta, msgs. ARGV: [1] now, [2] ttl_ms, [3] drop_leading, [4] tail_leading_system,
-# [5] title_hint ("-"/"+t"), [6] create "0"/"1", [7..9] create title, metadata, expires_at,
-# [10] usage pair count, usage name/value pairs, head count, head elements, tail elements.
-_COMMIT = (
-    _REFRESH
-    + _CREATE_META
-    + """
-local meta, msgs, now = KEYS[1], KEYS[2], ARGV[1]
-local status = redis.call('HGET', meta, 'status')
-if not status then
-  if ARGV[6] == '0' then return 'missing' end
-  create_meta(meta, msgs, now, ARGV[7], ARGV[8], ARGV[9])
-elseif status == 'ended' then
-  return 'ended'
-else
-  local expires_at = tonumber(redis.call('HGET', meta, 'expires_at'))
-  if expires_at and tonumber(now) >= expires_at then return 'expired' end
-end
-
--- Usage first: a script that fails midway keeps what it wrote, so do the one write that
--- can fail (HINCRBY overflow) before touching the history.
-local i = 11 + 2 * tonumber(ARGV[10])
-for j = 11, i - 1, 2 do redis.call('HINCRBY', meta, ARGV[j], ARGV[j + 1]) end
-
-local len = redis.call('LLEN', msgs)
-local drop = tonumber(ARGV[3])  -- negative: DROP_ALL
-if drop < 0 or drop > len then drop = len end
-local rest_len = len - drop
-local rest_lead = math.max(tonumber(redis.call('HGET', meta, 'leading_system')) - drop, 0)
-if rest_len == 0 then
-  redis.call('DEL', msgs)
-elseif drop > 0 then
-  redis.call('LTRIM', msgs, drop, -1)
-end
-
-local n_head = tonumber(ARGV[i])
-local head_first, tail_first = i + 1, i + 1 + n_head
--- unpack() is bounded by the Lua C stack: push in chunks. The head goes in front,
--- so its chunks are pushed last-first, each reversed.
-local last = tail_first - 1
-while last >= head_first do
-  local first = math.max(last - 999, head_first)
-  local chunk = {}
-  for x = last, first, -1 do chunk[#chunk + 1] = ARGV[x] end
-  redis.call('LPUSH', msgs, unpack(chunk))
-  last = first - 1
-end
-local first = tail_first
-while first <= #ARGV do
-  local stop = math.min(first + 999, #ARGV)
-  redis.call('RPUSH', msgs, unpack(ARGV, first, stop))
-  first = stop + 1
-end
-
-local lead = n_head + rest_lead
-if rest_lead == rest_len then lead = lead + tonumber(ARGV[4]) end
-local count = n_head + rest_len + (#ARGV - tail_first + 1)
-redis.call('HSET', meta, 'leading_system', lead, 'message_count', count, 'last_active_at', now)
-if ARGV[5] ~= '-' and redis.call('HEXISTS', meta, 'title') == 0 then
-  redis.call('HSET', meta, 'title', string.sub(ARGV[5], 2))
-end
-refresh(meta, msgs, ARGV[2])
-return 'ok'
-"""
-)
-
-# KEYS meta, msgs. ARGV: now, ttl_ms, title, metadata, expires_at. -> 1 created, 0 taken
-_CREATE = (
-    _REFRESH
-    + _CREATE_META
-    + """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-create_meta(KEYS[1], KEYS[2], ARGV[1], ARGV[3], ARGV[4], ARGV[5])
-refresh(KEYS[1], KEYS[2], ARGV[2])
-return 1
-"""
-)
-
-_MESSAGES = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-return redis.call('LRANGE', KEYS[2], 0, -1)
-"""
-
-_END = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-redis.call('HSET', KEYS[1], 'status', 'ended')
-return redis.call('HGETALL', KEYS[1])
-"""
-
-_DELETE = """
-local existed = redis.call('DEL', KEYS[1])
-redis.call('DEL', KEYS[2])
-return existed
-"""
-
-_SECRET = """
-redis.call('SET', KEYS[1], ARGV[1], 'NX')
-return redis.call('GET', KEYS[1])
-"""
+_BATCH = 100  # index entries read per listing round trip, once the first batch is not enough
 
 
 class RedisStore:
@@ -176,6 +54,11 @@ class RedisStore:
     ``url`` is a ``redis://`` or ``rediss://`` URL as redis-py parses it. Nothing
     connects before ``open()`` or the first call. ``ttl`` is the inactivity TTL in
     seconds (None: keys never expire); ``clock`` returns unix seconds.
+
+    ``update`` changes ended and expired sessions too (title and metadata are management
+    data); ``clear`` changes only active ones. Neither refreshes the inactivity TTL. Every
+    admitted ``load`` of an active session counts in ``request_count``, limits or not; a
+    refused one changes nothing (not even the TTL) and carries no history.
     """
 
     def __init__(
@@ -191,9 +74,13 @@ class RedisStore:
         self._clock = clock
         self._prefix = key_prefix
         self._secret: bytes | None = None
-        self._load, self._commit, self._create = Script(_LOAD), Script(_COMMIT), Script(_CREATE)
-        self._messages, self._end, self._delete = Script(_MESSAGES), Script(_END), Script(_DELETE)
-        self._secret_script = Script(_SECRET)
+        sources = (lua.LOAD, lua.COMMIT, lua.CREATE, lua.UPDATE, lua.CLEAR, lua.MESSAGES, lua.END, lua.DELETE)
+        self._scripts = tuple(Script(source) for source in (*sources, lua.INDEX_DROP, lua.SCOPE_SECRET))
+        self._load, self._commit, self._create, self._update, self._clear, self._messages = self._scripts[:6]
+        self._end, self._delete, self._index_drop, self._secret_script = self._scripts[6:]
+        # The index write is sent as EVAL, never EVALSHA: a NOSCRIPT retry would reach Redis
+        # after the session it lists.
+        self._index_add = lua.INDEX_ADD.encode()
 
     @property
     def address(self) -> RespAddress:
@@ -202,9 +89,8 @@ class RedisStore:
 
     async def open(self) -> None:
         """Check that Redis answers and preload the scripts; StoreError if it does not."""
-        scripts = (self._load, self._commit, self._create, self._messages, self._end, self._delete, self._secret_script)
         with _translate_errors("open"):
-            await asyncio.gather(*(self._client.execute(b"SCRIPT", b"LOAD", script.source) for script in scripts))
+            await asyncio.gather(*(self._client.execute(b"SCRIPT", b"LOAD", s.source) for s in self._scripts))
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -225,48 +111,126 @@ class RedisStore:
         return self._secret
 
     async def load(self, scope: str, session_id: str) -> SessionSnapshot | None:
-        found = await self._run("load", self._load, scope, session_id, self._now(), self._ttl_ms)
+        now = self._clock()
+        found = await self._run("load", self._load, scope, session_id, int(now), round(now * 1000), self._ttl_ms)
         if found is None:
             return None
-        status, leading_system, elements = found
-        return SessionSnapshot(
-            id=session_id,
-            status=cast(SessionStatus, status.decode()),
-            replay=[element.partition(b"\n")[0] for element in elements],
-            leading_system=int(leading_system),
-        )
+        status, leading_system, elements, *refused = found
+        if refused:  # over a limit: the history is not needed
+            limited_by = cast(Literal["max_requests_per_1_minute", "max_requests"], refused[1].decode())
+            return SessionSnapshot(session_id, cast(SessionStatus, status.decode()), [], 0, int(refused[0]), limited_by)
+        replay = [element.partition(b"\n")[0] for element in elements]
+        return SessionSnapshot(session_id, cast(SessionStatus, status.decode()), replay, int(leading_system))
 
     async def commit(self, scope: str, session_id: str, write: TurnWrite) -> CommitResult:
         new = write.create
-        args: list[Any] = [self._now(), self._ttl_ms, write.drop_leading, write.tail_leading_system]
+        args: list[Any] = [int(self._clock()), self._ttl_ms, write.drop_leading, write.tail_leading_system]
         args.append(_optional(write.title_hint))
-        if new is None:
-            args += ["0", "-", "", ""]
-        else:
-            args += ["1", _optional(new.title or None), orjson.dumps(new.metadata), _timestamp(new.expires_at)]
+        args += ["0", "-", "", "", "", "", "", ""] if new is None else ["1", *_new_fields(new, args[0])]
         args.append(len(write.usage))
         for name, tokens in write.usage.items():
             args += [_USAGE + name, int(tokens)]
         args.append(len(write.head))
         args += _encode(write.head)
         args += _encode(write.tail)
-        result = await self._run("commit", self._commit, scope, session_id, *args)
+        if new is None:  # a plain turn: no index work
+            result = await self._run("commit", self._commit, scope, session_id, *args)
+            return cast(CommitResult, result.decode())
+        write_turn = self._client.run_script(self._commit, self._keys(scope, session_id), tuple(args))
+        listed, result = await self._index_then("commit", scope, session_id, write_turn)
+        if result == b"new":
+            await self._relist(scope, session_id, listed)
+            return "ok"
         return cast(CommitResult, result.decode())
 
-    async def create(self, scope: str, session_id: str, new: NewSession) -> SessionRecord | None:
-        now = self._now()
-        title = new.title or None
-        args = (now, self._ttl_ms, _optional(title), orjson.dumps(new.metadata), _timestamp(new.expires_at))
-        if not await self._run("create", self._create, scope, session_id, *args):
+    async def create(
+        self,
+        scope: str,
+        session_id: str,
+        new: NewSession,
+        messages: Sequence[StoredMessage] = (),
+        leading_system: int = 0,
+    ) -> SessionRecord | None:
+        now = int(self._clock())
+        args = (now, self._ttl_ms, *_new_fields(new, now), leading_system, *_encode(messages))
+        listed, flat = await self._index_then(
+            "create", scope, session_id, self._client.run_script(self._create, self._keys(scope, session_id), args)
+        )
+        if flat is None:
             return None
-        status: SessionStatus = "expired" if new.expires_at is not None and now >= new.expires_at else "active"
-        return SessionRecord(session_id, status, title, 0, now, now, new.expires_at, dict(new.metadata), {})
+        await self._relist(scope, session_id, listed)
+        return self._record(session_id, flat)
 
     async def get(self, scope: str, session_id: str) -> SessionRecord | None:
-        meta_key, _ = self._keys(scope, session_id)
         with _translate_errors("get"):
-            flat = await self._client.execute(b"HGETALL", meta_key)
-        return self._record(session_id, dict(zip(flat[::2], flat[1::2], strict=True))) if flat else None
+            flat = await self._client.execute(b"HGETALL", self._keys(scope, session_id)[0])
+        return self._record(session_id, flat) if flat else None
+
+    async def list_sessions(
+        self,
+        scope: str,
+        *,
+        limit: int,
+        order: Literal["asc", "desc"] = "desc",
+        after: str | None = None,
+        before: str | None = None,
+        status: SessionStatus | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> tuple[list[SessionRecord], bool] | None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        index = self._index_keys(scope)[0]
+        # `before` alone pages backwards: walk from it towards the listing's start
+        backwards = before is not None and after is None
+        first, last = (before, None) if backwards else (after, before)
+        cursors = [cursor for cursor in (first, last) if cursor is not None]
+        with _translate_errors("list_sessions"):
+            scores = await asyncio.gather(*(self._client.execute(b"ZSCORE", index, cursor) for cursor in cursors))
+        if None in scores:
+            return None
+        descending = (order == "desc") != backwards  # the walk's direction in index scores
+        start_bound = (b"+inf" if descending else b"-inf") if first is None else b"(" + scores[0]
+        stop_bound = (b"-inf" if descending else b"+inf") if last is None else b"(" + scores[-1]
+
+        found: list[SessionRecord] = []
+        dead: list[bytes] = []
+        batch = limit + 1 if status is None and not metadata else max(limit + 1, _BATCH)
+        command = b"ZREVRANGEBYSCORE" if descending else b"ZRANGEBYSCORE"
+        with _translate_errors("list_sessions"):
+            while len(found) <= limit:
+                flat = await self._client.execute(
+                    command, index, start_bound, stop_bound, b"WITHSCORES", b"LIMIT", 0, batch
+                )
+                entries = list(zip(flat[::2], flat[1::2], strict=True))
+                metas = await asyncio.gather(
+                    *(self._client.execute(b"HGETALL", self._keys(scope, sid.decode())[0]) for sid, _ in entries)
+                )
+                for (sid, score), fields in zip(entries, metas, strict=True):
+                    if not fields:
+                        dead += [sid, score]
+                        continue
+                    record = self._record(sid.decode(), fields)
+                    if _matches(record, status, metadata):
+                        found.append(record)
+                        if len(found) > limit:
+                            break
+                if len(entries) < batch:
+                    break
+                start_bound = b"(" + entries[-1][1]
+                batch = max(batch, _BATCH)
+            if dead:
+                await self._client.run_script(self._index_drop, (index,), tuple(dead))
+        page = found[:limit]
+        if backwards:
+            page.reverse()
+        return page, len(found) > limit
+
+    async def update(
+        self, scope: str, session_id: str, *, title: str | None = None, metadata: dict[str, str] | None = None
+    ) -> SessionRecord | None:
+        encoded = "-" if metadata is None else b"+" + orjson.dumps(metadata)
+        flat = await self._run("update", self._update, scope, session_id, _optional(title), encoded)
+        return None if flat is None else self._record(session_id, flat)
 
     async def messages(self, scope: str, session_id: str) -> list[StoredMessage] | None:
         elements = await self._run("messages", self._messages, scope, session_id)
@@ -274,34 +238,75 @@ class RedisStore:
             return None
         return [StoredMessage(replay, info) for replay, _, info in (e.partition(b"\n") for e in elements)]
 
+    async def clear(self, scope: str, session_id: str) -> SessionRecord | None:
+        flat = await self._run("clear", self._clear, scope, session_id, int(self._clock()))
+        return None if flat is None else self._record(session_id, flat)
+
     async def end(self, scope: str, session_id: str) -> SessionRecord | None:
         flat = await self._run("end", self._end, scope, session_id)
-        if flat is None:
-            return None
-        return self._record(session_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+        return None if flat is None else self._record(session_id, flat)
 
     async def delete(self, scope: str, session_id: str) -> bool:
-        return bool(await self._run("delete", self._delete, scope, session_id))
+        # the session first: an index entry left alone is harmless, a session without one is not
+        deleted = self._client.run_script(self._delete, self._keys(scope, session_id), ())
+        unlisted = self._client.execute(b"ZREM", self._index_keys(scope)[0], session_id)
+        with _translate_errors("delete"):
+            existed, _ = await asyncio.gather(deleted, unlisted)
+        return bool(existed)
 
-    def _now(self) -> int:
-        return int(self._clock())
+    async def put_client_secret(self, secret_hash: str, scope: str, session_id: str, ttl: float) -> None:
+        key, value = f"{self._prefix}:cs:{secret_hash}", f"{scope}\n{session_id}"
+        with _translate_errors("put_client_secret"):
+            await self._client.execute(b"SET", key, value, b"PX", max(round(ttl * 1000), 1))
 
-    def _keys(self, scope: str, session_id: str) -> tuple[str, str]:
+    async def client_secret(self, secret_hash: str) -> tuple[str, str] | None:
+        with _translate_errors("client_secret"):
+            value = await self._client.execute(b"GET", f"{self._prefix}:cs:{secret_hash}")
+        if value is None:
+            return None
+        scope, _, session_id = value.decode().partition("\n")
+        return scope, session_id
+
+    def _keys(self, scope: str, session_id: str) -> tuple[str, str, str]:
         digest = hashlib.blake2b(f"{scope}\0{session_id}".encode(), digest_size=16).hexdigest()
-        return f"{self._prefix}:{{{digest}}}:meta", f"{self._prefix}:{{{digest}}}:msgs"
+        base = f"{self._prefix}:{{{digest}}}"
+        return f"{base}:meta", f"{base}:msgs", f"{base}:window"
+
+    def _index_keys(self, scope: str) -> tuple[str, str]:
+        digest = hashlib.blake2b(scope.encode(), digest_size=16).hexdigest()
+        return f"{self._prefix}:{{i{digest}}}:index", f"{self._prefix}:{{i{digest}}}:seq"
 
     async def _run(self, operation: str, script: Script, scope: str, session_id: str, *args: Any) -> Any:
         with _translate_errors(operation):
             return await self._client.run_script(script, self._keys(scope, session_id), args)
 
-    def _record(self, session_id: str, fields: dict[bytes, bytes]) -> SessionRecord:
+    async def _index_then(self, operation: str, scope: str, session_id: str, write: Any) -> tuple[bool, Any]:
+        """List ``session_id`` in the scope's index, then run ``write``: one pipelined round trip.
+
+        RespClient writes each command as its task starts, and gather starts them in order.
+        """
+        index, seq = self._index_keys(scope)
+        listed = self._client.execute(b"EVAL", self._index_add, 2, index, seq, session_id, b"0")
+        with _translate_errors(operation):
+            added, result = await asyncio.gather(listed, write)
+        return bool(added), result
+
+    async def _relist(self, scope: str, session_id: str, listed: bool) -> None:
+        # Created, but its id was listed already: a dead namesake's entry. Move it to the newest.
+        if not listed:
+            index, seq = self._index_keys(scope)
+            with _translate_errors("create"):
+                await self._client.execute(b"EVAL", self._index_add, 2, index, seq, session_id, b"1")
+
+    def _record(self, session_id: str, flat: list[bytes]) -> SessionRecord:
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
         expires_at = int(fields[b"expires_at"]) if fields.get(b"expires_at") else None
         status: SessionStatus = "active"
         if fields[b"status"] == b"ended":
             status = "ended"
         elif expires_at is not None and self._clock() >= expires_at:
             status = "expired"
-        title = fields.get(b"title")
+        title, anchor = fields.get(b"title"), fields.get(b"anchor")
         return SessionRecord(
             id=session_id,
             status=status,
@@ -312,7 +317,36 @@ class RedisStore:
             expires_at=expires_at,
             metadata=orjson.loads(fields[b"metadata"]),
             usage={k[len(_USAGE) :].decode(): int(v) for k, v in fields.items() if k.startswith(_USAGE.encode())},
+            expires_after=ExpiresAfter(cast(ExpiryAnchor, anchor.decode()), int(fields[b"expires_after"]))
+            if anchor
+            else None,
+            limits=SessionLimits(_int(fields.get(b"rpm")), _int(fields.get(b"max_requests"))),
+            request_count=int(fields.get(b"request_count") or 0),
         )
+
+
+def _matches(record: SessionRecord, status: SessionStatus | None, metadata: dict[str, str] | None) -> bool:
+    if status is not None and record.status != status:
+        return False
+    return not metadata or all(record.metadata.get(key) == value for key, value in metadata.items())
+
+
+def _new_fields(new: NewSession, now: int) -> list[Any]:
+    """The create fields of the scripts (see redis_scripts._CREATE_META)."""
+    after, limits = new.expires_after, new.limits
+    return [
+        _optional(new.title or None),
+        orjson.dumps(new.metadata),
+        "" if after is None else now + after.seconds,
+        "" if after is None else after.anchor,
+        "" if after is None else after.seconds,
+        "" if limits.max_requests_per_1_minute is None else limits.max_requests_per_1_minute,
+        "" if limits.max_requests is None else limits.max_requests,
+    ]
+
+
+def _int(value: bytes | None) -> int | None:
+    return int(value) if value else None
 
 
 @contextmanager
@@ -326,10 +360,6 @@ def _translate_errors(operation: str) -> Iterator[None]:
 def _optional(text: str | None) -> str:
     # Lua cannot tell an absent argument from an empty one: "-" is None, "+..." a value.
     return "-" if text is None else "+" + text
-
-
-def _timestamp(value: int | None) -> str | int:
-    return "" if value is None else value
 
 
 def _encode(messages: Sequence[StoredMessage]) -> list[bytes]:

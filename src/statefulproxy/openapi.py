@@ -1,0 +1,378 @@
+"""The OpenAPI 3.1 document of the management API (CONTRACT.md section 5), as plain data.
+
+Built fresh on each call (no shared mutable state) for the prefix the API is mounted at;
+the paths are absolute, so the document needs no ``servers`` entry.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any
+
+OPENAPI_PATH_SUFFIX = "/openapi.json"
+
+API_VERSION = "1.0.0"
+SESSION_ID_PATTERN = "^[A-Za-z0-9._:-]{1,128}$"
+MAX_LIMIT = 100
+DEFAULT_LIMIT = 20
+MAX_TITLE_LENGTH = 256
+MAX_EXPIRY_SECONDS = 365 * 24 * 3600
+MAX_CLIENT_SECRET_SECONDS = 7 * 24 * 3600
+
+Schema = dict[str, Any]
+
+_ERRORS = MappingProxyType(
+    {
+        400: ("BadRequest", "The request is malformed: bad JSON, an unknown or invalid field or query parameter."),
+        401: ("Unauthorized", "The credential is not accepted (an unknown or expired client secret)."),
+        403: ("Forbidden", "A client secret used beyond the one session it opens."),
+        404: ("NotFound", "No such session for this credential (another credential's session is a 404 too)."),
+        405: ("MethodNotAllowed", "The path exists but not with this method."),
+        409: ("Conflict", "The session is ended or expired: it is read-only."),
+        413: ("PayloadTooLarge", "The request body is larger than the proxy accepts."),
+        429: ("RateLimited", "A session limit was reached; nothing was done. Retry after `Retry-After` seconds."),
+        503: ("StoreUnavailable", "The session store did not answer."),
+    }
+)
+
+
+def openapi_document(prefix: str = "/v1/sessions") -> dict[str, Any]:
+    """The OpenAPI 3.1.0 document for the management API mounted at ``prefix``."""
+    session = f"{prefix}/{{session_id}}"
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "statefulproxy session management API",
+            "version": API_VERSION,
+            "description": (
+                "Server-side conversation sessions, scoped to the caller's credential: `Authorization: Bearer`, "
+                "else `x-api-key`, else `api-key`; a request with none uses the anonymous scope. "
+                "Timestamps are unix seconds. Errors use the OpenAI shape; `components.responses` also describes "
+                "the errors a chat request on a session can get (409 ended or expired, 429 over a rate limit)."
+            ),
+        },
+        "security": [{"bearer": []}, {"x-api-key": []}, {"api-key": []}, {}],
+        "paths": {
+            prefix: {
+                "post": _operation(
+                    "createSession",
+                    "Create a session",
+                    201,
+                    "CreatedSession",
+                    body=("CreateSessionRequest", False),
+                    errors=(400, 401, 403, 413, 503),
+                ),
+                "get": _operation(
+                    "listSessions",
+                    "List the caller's sessions, newest first",
+                    200,
+                    "SessionList",
+                    parameters=_list_parameters("desc", "session", *_session_filters()),
+                    errors=(400, 401, 403, 503),
+                ),
+            },
+            prefix + OPENAPI_PATH_SUFFIX: {
+                "get": {
+                    "operationId": "getOpenAPIDocument",
+                    "summary": "This document",
+                    "security": [{}],
+                    "responses": {
+                        "200": {
+                            "description": "The OpenAPI document.",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
+            session: {
+                "parameters": [_session_id()],
+                "get": _operation("getSession", "Get a session", 200, "Session", errors=(401, 403, 404, 503)),
+                "post": _operation(
+                    "updateSession",
+                    "Update a session's title and/or metadata",
+                    200,
+                    "Session",
+                    body=("UpdateSessionRequest", False),
+                    errors=(400, 401, 403, 404, 413, 503),
+                ),
+                "delete": _operation(
+                    "deleteSession",
+                    "Delete a session and all its messages",
+                    200,
+                    "SessionDeleted",
+                    errors=(401, 403, 404, 503),
+                ),
+            },
+            session + "/messages": {
+                "parameters": [_session_id()],
+                "get": _operation(
+                    "listMessages",
+                    "A session's messages, oldest first",
+                    200,
+                    "MessageList",
+                    parameters=_list_parameters("asc", "message", _page()),
+                    errors=(400, 401, 403, 404, 503),
+                ),
+                "delete": _operation(
+                    "clearMessages",
+                    "Clear the history, keep the session",
+                    200,
+                    "Session",
+                    errors=(401, 403, 404, 409, 503),
+                ),
+            },
+            session + "/end": {
+                "parameters": [_session_id()],
+                "post": _operation(
+                    "endSession", "End a session: read-only from now on", 200, "Session", errors=(401, 403, 404, 503)
+                ),
+            },
+            session + "/cancel": {
+                "parameters": [_session_id()],
+                "post": _operation("cancelSession", "Alias of `/end`", 200, "Session", errors=(401, 403, 404, 503)),
+            },
+            session + "/fork": {
+                "parameters": [_session_id()],
+                "post": _operation(
+                    "forkSession",
+                    "A new active session holding a copy of the history, up to a message",
+                    201,
+                    "Session",
+                    body=("ForkSessionRequest", False),
+                    errors=(400, 401, 403, 404, 413, 503),
+                ),
+            },
+        },
+        "components": {
+            "schemas": _schemas(),
+            "responses": {
+                name: _error_response(description, status == 429) for status, (name, description) in _ERRORS.items()
+            },
+            "headers": {
+                "Retry-After": {
+                    "description": "Seconds to wait before retrying.",
+                    "required": True,
+                    "schema": {"type": "integer", "minimum": 0},
+                }
+            },
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "An API key, or a `spcs_` secret."},
+                "x-api-key": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+                "api-key": {"type": "apiKey", "in": "header", "name": "api-key"},
+            },
+        },
+    }
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: Schema) -> Schema:
+    return {"oneOf": [schema, {"type": "null"}]}
+
+
+def _json(schema: Schema) -> Schema:
+    return {"application/json": {"schema": schema}}
+
+
+def _strict(required: list[str], **properties: Schema) -> Schema:
+    return {"type": "object", "additionalProperties": False, "required": required, "properties": properties}
+
+
+def _operation(
+    operation_id: str,
+    summary: str,
+    status: int,
+    schema: str,
+    *,
+    body: tuple[str, bool] | None = None,
+    parameters: list[Schema] | None = None,
+    errors: tuple[int, ...] = (),
+) -> Schema:
+    responses: Schema = {str(status): {"description": summary, "content": _json(_ref(schema))}}
+    for error in errors:
+        responses[str(error)] = {"$ref": f"#/components/responses/{_ERRORS[error][0]}"}
+    operation: Schema = {"operationId": operation_id, "summary": summary}
+    if parameters:
+        operation["parameters"] = parameters
+    if body is not None:
+        name, required = body
+        operation["requestBody"] = {"required": required, "content": _json(_ref(name))}
+    operation["responses"] = responses
+    return operation
+
+
+def _error_response(description: str, retry_after: bool) -> Schema:
+    response: Schema = {"description": description, "content": _json(_ref("Error"))}
+    if retry_after:
+        response["headers"] = {"Retry-After": {"$ref": "#/components/headers/Retry-After"}}
+    return response
+
+
+def _session_id() -> Schema:
+    return {"name": "session_id", "in": "path", "required": True, "schema": _session_id_schema()}
+
+
+def _session_id_schema() -> Schema:
+    return {"type": "string", "pattern": SESSION_ID_PATTERN}
+
+
+def _query(name: str, schema: Schema, description: str) -> Schema:
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+
+
+def _list_parameters(order: str, item: str, *extra: Schema) -> list[Schema]:
+    return [
+        _query(
+            "limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}, "Page size."
+        ),
+        _query("order", {"type": "string", "enum": ["asc", "desc"], "default": order}, "By creation time."),
+        _query("after", {"type": "string"}, f"A {item} id: the page starts after it (in this order)."),
+        _query("before", {"type": "string"}, f"A {item} id: the page ends before it (in this order)."),
+        *extra,
+    ]
+
+
+def _session_filters() -> list[Schema]:
+    return [
+        _query("status", {"type": "string", "enum": ["active", "ended", "expired"]}, "Only sessions in this status."),
+        {
+            "name": "metadata",
+            "in": "query",
+            "style": "deepObject",
+            "explode": True,
+            "description": "`metadata[KEY]=VALUE`: only sessions whose metadata has all these pairs.",
+            "schema": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+    ]
+
+
+def _page() -> Schema:
+    description = "Zero-based page number, `limit` messages a page (for clients built on page numbers)."
+    return _query("page", {"type": "integer", "minimum": 0}, description)
+
+
+def _list(item: str) -> Schema:
+    return _strict(
+        ["object", "data", "first_id", "last_id", "has_more"],
+        object={"const": "list"},
+        data={"type": "array", "items": _ref(item)},
+        first_id={"type": ["string", "null"]},
+        last_id={"type": ["string", "null"]},
+        has_more={"type": "boolean"},
+    )
+
+
+def _session_properties() -> dict[str, Schema]:
+    return {
+        "id": _session_id_schema(),
+        "object": {"const": "session"},
+        "title": {"type": ["string", "null"]},
+        "status": {"type": "string", "enum": ["active", "ended", "expired"]},
+        "message_count": {"type": "integer", "minimum": 0},
+        "created_at": {"type": "integer"},
+        "last_active_at": {"type": "integer"},
+        "expires_at": {"type": ["integer", "null"], "description": "When it expires or expired; null when never."},
+        "expires_after": _nullable(_ref("ExpiresAfter")),
+        "rate_limits": _ref("RateLimits"),
+        "max_requests": {"type": ["integer", "null"], "minimum": 1},
+        "request_count": {"type": "integer", "minimum": 0},
+        "metadata": _ref("Metadata"),
+        "usage": _ref("Usage"),
+    }
+
+
+def _schemas() -> dict[str, Schema]:
+    session = _session_properties()
+    title = {"type": ["string", "null"], "maxLength": MAX_TITLE_LENGTH}
+    secret_seconds = {"type": "integer", "minimum": 1, "maximum": MAX_CLIENT_SECRET_SECONDS}
+    function = _strict(["name", "arguments"], name={"type": "string"}, arguments={"type": "string"})
+    tool_call = _strict(["id", "type", "function"], id={"type": "string"}, type={"type": "string"}, function=function)
+    return {
+        "Session": _strict(list(session), **session),
+        "CreatedSession": {
+            **_strict(list(session), **session, client_secret=_ref("ClientSecret")),
+            "description": "A new session; `client_secret` is present when one was requested, and shown only here.",
+        },
+        "SessionList": _list("Session"),
+        "SessionDeleted": _strict(
+            ["id", "object", "deleted"],
+            id={"type": "string"},
+            object={"const": "session.deleted"},
+            deleted={"const": True},
+        ),
+        "Message": _strict(
+            ["id", "object", "role", "content", "created_at"],
+            id={"type": "string"},
+            object={"const": "session.message"},
+            role={"type": "string"},
+            content={
+                "oneOf": [
+                    {"type": "string"},
+                    {"type": "array", "items": {"type": "object"}},
+                    {"type": "null"},
+                ]
+            },
+            created_at={"type": "integer"},
+            name={"type": "string"},
+            tool_calls={"type": "array", "items": tool_call},
+            tool_call_id={"type": "string"},
+            refusal={"type": "string"},
+            reasoning={"type": "string"},
+        ),
+        "MessageList": _list("Message"),
+        "Usage": {
+            "type": "object",
+            "description": "Token totals the upstream reported for this session's turns.",
+            "additionalProperties": {"type": "integer"},
+        },
+        "Metadata": {
+            "type": "object",
+            "maxProperties": 16,
+            "propertyNames": {"maxLength": 64},
+            "additionalProperties": {"type": "string", "maxLength": 512},
+        },
+        "ExpiresAfter": _strict(
+            ["anchor", "seconds"],
+            anchor={"type": "string", "enum": ["created_at", "last_active_at"]},
+            seconds={"type": "integer", "minimum": 1, "maximum": MAX_EXPIRY_SECONDS},
+        ),
+        "RateLimits": _strict(
+            ["max_requests_per_1_minute"], max_requests_per_1_minute={"type": ["integer", "null"], "minimum": 1}
+        ),
+        "ClientSecret": _strict(
+            ["value", "expires_at"], value={"type": "string", "pattern": "^spcs_"}, expires_at={"type": "integer"}
+        ),
+        "CreateSessionRequest": _strict(
+            [],
+            title=title,
+            metadata=_ref("Metadata"),
+            expires_after=_ref("ExpiresAfter"),
+            rate_limits=_strict(
+                ["max_requests_per_1_minute"], max_requests_per_1_minute={"type": "integer", "minimum": 1}
+            ),
+            max_requests={"type": "integer", "minimum": 1},
+            client_secret=_strict(
+                ["expires_after"],
+                expires_after={
+                    "oneOf": [
+                        secret_seconds,
+                        _strict(["anchor", "seconds"], anchor={"const": "created_at"}, seconds=secret_seconds),
+                    ]
+                },
+            ),
+        ),
+        "UpdateSessionRequest": _strict([], title=title, metadata=_ref("Metadata")),
+        "ForkSessionRequest": _strict([], up_to_message_id={"type": "string"}, title=title),
+        "Error": _strict(
+            ["error"],
+            error=_strict(
+                ["message", "type", "param", "code"],
+                message={"type": "string"},
+                type={"type": "string"},
+                param={"type": ["string", "null"]},
+                code={"type": ["string", "null"]},
+            ),
+        ),
+    }

@@ -1,0 +1,231 @@
+"""The Redis store's Lua scripts, as source text (stores/redis.py runs them).
+
+Session scripts take KEYS meta (hash), msgs (list), window (sorted set of the admitted
+requests of the last minute), all under one ``{h}`` hash tag. ``now`` is unix seconds
+from the proxy's clock, ``now_ms`` the same instant in milliseconds. Meta fields:
+status, title, created_at, last_active_at, expires_at ("" none), anchor ("",
+"created_at", "last_active_at"), expires_after (seconds), rpm and max_requests ("" none),
+request_count, metadata (JSON), leading_system, message_count, and "u:<name>" usage.
+Sessions written before a field existed lack it: every read tolerates that.
+"""
+
+from __future__ import annotations
+
+_REFRESH = """
+local function refresh(ttl_ms, limited)
+  if tonumber(ttl_ms) > 0 then
+    redis.call('PEXPIRE', KEYS[1], ttl_ms)
+    redis.call('PEXPIRE', KEYS[2], ttl_ms)
+    if limited then redis.call('PEXPIRE', KEYS[3], ttl_ms) end
+  end
+end
+"""
+
+# ARGV[i..i+6]: title ("-" none, "+<title>"), metadata, expires_at, anchor, expires_after,
+# rpm, max_requests. Leftover list and window keys of a dead session are stale: drop them.
+_CREATE_META = """
+local function create_meta(now, i)
+  redis.call('DEL', KEYS[2], KEYS[3])
+  redis.call('HSET', KEYS[1], 'status', 'active', 'created_at', now, 'last_active_at', now,
+    'metadata', ARGV[i + 1], 'expires_at', ARGV[i + 2], 'anchor', ARGV[i + 3], 'expires_after', ARGV[i + 4],
+    'rpm', ARGV[i + 5], 'max_requests', ARGV[i + 6], 'request_count', 0, 'leading_system', 0, 'message_count', 0)
+  if ARGV[i] ~= '-' then redis.call('HSET', KEYS[1], 'title', string.sub(ARGV[i], 2)) end
+end
+"""
+
+# unpack() is bounded by the Lua C stack: push in chunks.
+_APPEND = """
+local function append(first)
+  while first <= #ARGV do
+    local stop = math.min(first + 999, #ARGV)
+    redis.call('RPUSH', KEYS[2], unpack(ARGV, first, stop))
+    first = stop + 1
+  end
+end
+"""
+
+# ARGV: now, now_ms, ttl_ms. -> false | {status, leading_system, messages} | refused:
+# {status, 0, {}, retry_after, limited_by}. A session without limits skips all limit work.
+LOAD = (
+    _REFRESH
+    + """
+local m = redis.call('HMGET', KEYS[1], 'status', 'expires_at', 'leading_system', 'rpm', 'max_requests')
+if not m[1] then return false end
+local now, expires_at = tonumber(ARGV[1]), tonumber(m[2])
+if m[1] == 'active' and expires_at and now >= expires_at then m[1] = 'expired' end
+if m[1] ~= 'active' then return {m[1], m[3], redis.call('LRANGE', KEYS[2], 0, -1)} end
+
+local rpm, max_requests = tonumber(m[4]), tonumber(m[5])
+if max_requests then
+  local count = tonumber(redis.call('HGET', KEYS[1], 'request_count')) or 0
+  if count >= max_requests then
+    -- the cap holds until the session expires or is removed for inactivity
+    local wait = 86400
+    if expires_at then
+      wait = expires_at - now
+    else
+      local pttl = redis.call('PTTL', KEYS[1])
+      if pttl > 0 then wait = math.ceil(pttl / 1000) end
+    end
+    return {m[1], 0, {}, math.max(wait, 1), 'max_requests'}
+  end
+end
+local now_ms = tonumber(ARGV[2])
+if rpm then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms - 60000)
+  if redis.call('ZCARD', KEYS[3]) >= rpm then
+    local oldest = tonumber(redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')[2])
+    return {m[1], 0, {}, math.max(math.ceil((oldest + 60000 - now_ms) / 1000), 1), 'max_requests_per_1_minute'}
+  end
+end
+local count = redis.call('HINCRBY', KEYS[1], 'request_count', 1)
+-- the count is unique per session: requests in one millisecond stay separate members
+if rpm then redis.call('ZADD', KEYS[3], ARGV[2], count) end
+refresh(ARGV[3], rpm)
+return {m[1], m[3], redis.call('LRANGE', KEYS[2], 0, -1)}
+"""
+)
+
+# ARGV: [1] now, [2] ttl_ms, [3] drop_leading, [4] tail_leading_system, [5] title_hint
+# ("-"/"+t"), [6] create "0"/"1", [7..13] create fields, [14] usage pair count, usage
+# name/value pairs, head count, head elements, tail elements. -> ok | new | missing | ended | expired
+COMMIT = (
+    _REFRESH
+    + _CREATE_META
+    + _APPEND
+    + """
+local meta, msgs, now = KEYS[1], KEYS[2], ARGV[1]
+local m = redis.call('HMGET', meta, 'status', 'expires_at', 'anchor', 'expires_after', 'rpm')
+local created = false
+if not m[1] then
+  if ARGV[6] == '0' then return 'missing' end
+  create_meta(now, 7)
+  m = {'active', ARGV[9], ARGV[10], ARGV[11], ARGV[12]}
+  created = true
+elseif m[1] == 'ended' then
+  return 'ended'
+else
+  local expires_at = tonumber(m[2])
+  if expires_at and tonumber(now) >= expires_at then return 'expired' end
+end
+
+-- Usage first: a script that fails midway keeps what it wrote, so do the one write that
+-- can fail (HINCRBY overflow) before touching the history.
+local i = 15 + 2 * tonumber(ARGV[14])
+for j = 15, i - 1, 2 do redis.call('HINCRBY', meta, ARGV[j], ARGV[j + 1]) end
+
+local len = redis.call('LLEN', msgs)
+local drop = tonumber(ARGV[3])  -- negative: DROP_ALL
+if drop < 0 or drop > len then drop = len end
+local rest_len = len - drop
+local rest_lead = math.max((tonumber(redis.call('HGET', meta, 'leading_system')) or 0) - drop, 0)
+if rest_len == 0 then
+  redis.call('DEL', msgs)
+elseif drop > 0 then
+  redis.call('LTRIM', msgs, drop, -1)
+end
+
+local n_head = tonumber(ARGV[i])
+local head_first, tail_first = i + 1, i + 1 + n_head
+-- The head goes in front, so its chunks are pushed last-first, each reversed.
+local last = tail_first - 1
+while last >= head_first do
+  local first = math.max(last - 999, head_first)
+  local chunk = {}
+  for x = last, first, -1 do chunk[#chunk + 1] = ARGV[x] end
+  redis.call('LPUSH', msgs, unpack(chunk))
+  last = first - 1
+end
+append(tail_first)
+
+local lead = n_head + rest_lead
+if rest_lead == rest_len then lead = lead + tonumber(ARGV[4]) end
+local count = n_head + rest_len + (#ARGV - tail_first + 1)
+redis.call('HSET', meta, 'leading_system', lead, 'message_count', count, 'last_active_at', now)
+if m[3] == 'last_active_at' then
+  redis.call('HSET', meta, 'expires_at', tonumber(now) + tonumber(m[4]))
+end
+if ARGV[5] ~= '-' and redis.call('HEXISTS', meta, 'title') == 0 then
+  redis.call('HSET', meta, 'title', string.sub(ARGV[5], 2))
+end
+refresh(ARGV[2], m[5] and m[5] ~= '')
+if created then return 'new' end
+return 'ok'
+"""
+)
+
+# ARGV: [1] now, [2] ttl_ms, [3..9] create fields, [10] leading_system, messages.
+# -> false (the id is taken) | HGETALL
+CREATE = (
+    _REFRESH
+    + _CREATE_META
+    + _APPEND
+    + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+create_meta(ARGV[1], 3)
+append(11)
+redis.call('HSET', KEYS[1], 'leading_system', ARGV[10], 'message_count', #ARGV - 10)
+refresh(ARGV[2], false)
+return redis.call('HGETALL', KEYS[1])
+"""
+)
+
+# ARGV: title ("-" keep, "+<title>"), metadata ("-" keep, "+<json>"). -> false | HGETALL
+UPDATE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if ARGV[1] ~= '-' then redis.call('HSET', KEYS[1], 'title', string.sub(ARGV[1], 2)) end
+if ARGV[2] ~= '-' then redis.call('HSET', KEYS[1], 'metadata', string.sub(ARGV[2], 2)) end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+# ARGV: now. Only an active session is cleared. -> false | HGETALL
+CLEAR = """
+local m = redis.call('HMGET', KEYS[1], 'status', 'expires_at')
+if not m[1] then return false end
+local expires_at = tonumber(m[2])
+if m[1] == 'active' and not (expires_at and tonumber(ARGV[1]) >= expires_at) then
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'message_count', 0, 'leading_system', 0)
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+MESSAGES = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+return redis.call('LRANGE', KEYS[2], 0, -1)
+"""
+
+END = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+redis.call('HSET', KEYS[1], 'status', 'ended')
+return redis.call('HGETALL', KEYS[1])
+"""
+
+DELETE = """
+local existed = redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[2], KEYS[3])
+return existed
+"""
+
+# Scope index: KEYS index (sorted set), seq (counter), under the scope's own hash tag.
+# ARGV: session id, force "0"/"1". Adds the id at the newest position unless it is there
+# already (force: move it there). -> 1 written, 0 already listed
+INDEX_ADD = """
+if ARGV[2] == '0' and redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], redis.call('INCR', KEYS[2]), ARGV[1])
+return 1
+"""
+
+# KEYS index. ARGV: id, score pairs. Removes each entry still at the score it was read
+# with: one that a concurrent create moved meanwhile belongs to a live session.
+INDEX_DROP = """
+for i = 1, #ARGV, 2 do
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) == ARGV[i + 1] then redis.call('ZREM', KEYS[1], ARGV[i]) end
+end
+return 0
+"""
+
+SCOPE_SECRET = """
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return redis.call('GET', KEYS[1])
+"""
