@@ -34,8 +34,10 @@ def chat(stack: Stack, session_id: str, text: str, api_key: str = "key-1") -> No
 def test_create_without_a_body_and_with_every_option(stack: Stack) -> None:
     with stack.client() as client:
         bare = client.post("/sessions", cast_to=object)
-        assert bare["object"] == "session" and bare["id"].startswith("sess_")  # type: ignore[index]
-        assert bare["status"] == "active" and bare["message_count"] == 0  # type: ignore[index]
+        assert bare["object"] == "session"
+        assert bare["id"].startswith("sess_")
+        assert bare["status"] == "active"
+        assert bare["message_count"] == 0
         full = client.post(
             "/sessions",
             cast_to=object,
@@ -47,7 +49,8 @@ def test_create_without_a_body_and_with_every_option(stack: Stack) -> None:
                 "max_requests": 100,
             },
         )
-    assert full["title"] == "Support #42" and full["metadata"] == {"team": "blue"}  # type: ignore[index]
+    assert full["title"] == "Support #42"
+    assert full["metadata"] == {"team": "blue"}
     assert full["expires_at"] == full["created_at"] + 3600  # type: ignore[index]
     assert full["rate_limits"] == {"max_requests_per_1_minute": 5}  # type: ignore[index]
     assert full["max_requests"] == 100  # type: ignore[index]
@@ -118,7 +121,8 @@ def test_update_clear_end_cancel_and_delete(stack: Stack) -> None:
         updated = http.post("/v1/sessions/life", json={"title": "Renamed", "metadata": {"a": "b"}}).json()
         assert (updated["title"], updated["metadata"]) == ("Renamed", {"a": "b"})
         cleared = http.delete("/v1/sessions/life/messages").json()
-        assert cleared["message_count"] == 0 and cleared["title"] == "Renamed"
+        assert cleared["message_count"] == 0
+        assert cleared["title"] == "Renamed"
         assert cleared["usage"]["total_tokens"] > 0  # what the session used stays counted
     chat(stack, "life", "after clearing")
     assert stack.upstream.chat_requests[-1].json["messages"] == [user("after clearing")]
@@ -140,9 +144,12 @@ def test_fork_copies_history_up_to_a_message(stack: Stack) -> None:
         fork = http.post("/v1/sessions/trunk/fork", json={"up_to_message_id": messages[1]["id"], "title": "B"})
         assert fork.status_code == 201
         branch = fork.json()
-        assert branch["id"] != "trunk" and branch["title"] == "B" and branch["message_count"] == 2
+        assert branch["id"] != "trunk"
+        assert branch["title"] == "B"
+        assert branch["message_count"] == 2
         whole = http.post("/v1/sessions/trunk/fork").json()
-        assert whole["message_count"] == 6 and whole["title"] == "one"
+        assert whole["message_count"] == 6
+        assert whole["title"] == "one"
         assert http.post("/v1/sessions/trunk/fork", json={"up_to_message_id": "msg_nope"}).status_code == 400
     chat(stack, branch["id"], "two, differently")
     assert stack.upstream.chat_requests[-1].json["messages"] == [
@@ -180,7 +187,8 @@ def test_rate_limits_answer_429_with_retry_after_and_forward_nothing(stack: Stac
         assert 1 <= int(refused.headers["retry-after"]) <= 60
         assert http.post("/v1/chat/completions", json=body, headers={"session-id": lifetime}).status_code == 200
         over = http.post("/v1/chat/completions", json=body, headers={"session-id": lifetime})
-        assert over.status_code == 429 and over.json()["error"]["code"] == "max_requests_exceeded"
+        assert over.status_code == 429
+        assert over.json()["error"]["code"] == "max_requests_exceeded"
         assert int(over.headers["retry-after"]) >= 1
         assert http.get(f"/v1/sessions/{lifetime}").json()["request_count"] == 1
     assert len(stack.upstream.chat_requests) == 3
@@ -191,7 +199,8 @@ def test_a_client_secret_chats_on_and_reads_its_own_session_only(stack: Stack) -
         created = http.post("/v1/sessions", json={"client_secret": {"expires_after": 600}}).json()
         other = http.post("/v1/sessions").json()["id"]
     secret = created["client_secret"]["value"]
-    assert secret.startswith("spcs_") and created["client_secret"]["expires_at"] > time.time()
+    assert secret.startswith("spcs_")
+    assert created["client_secret"]["expires_at"] > time.time()
     with stack.client(api_key=secret) as browser:
         browser.chat.completions.create(model="m", messages=[user("from the browser")])
         forwarded = stack.upstream.chat_requests[-1]

@@ -5,8 +5,8 @@ from typing import Any
 import orjson
 import pytest
 
-from statefulproxy.errors import ClientError
 from statefulproxy.api_models import message_object, paginate, session_object
+from statefulproxy.errors import ClientError
 from statefulproxy.stores.base import SessionRecord, StoredMessage
 
 ITEMS = [{"id": f"msg_{i:02d}", "n": i} for i in range(45)]

@@ -188,12 +188,14 @@ class ChatTurn:
             )
             if value is not None
         }
-        answer = stored(canonical(message, reasoning_field))
+        head = [stored(replay) for replay in plan.head]
+        tail = [stored(replay) for replay in plan.tail]
+        answer = stored(canonical(message, reasoning_field))  # ids in history order: the reply's is last
         if extra:
             answer = StoredMessage(answer.replay, answer.info[:-1] + b"," + orjson.dumps(extra)[1:])
         return TurnWrite(
-            head=[stored(replay) for replay in plan.head],
-            tail=[*(stored(replay) for replay in plan.tail), answer],
+            head=head,
+            tail=[*tail, answer],
             drop_leading=plan.drop_leading,
             tail_leading_system=plan.tail_leading_system,
             usage=reply.usage or {},

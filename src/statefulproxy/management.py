@@ -68,7 +68,7 @@ class ManagementAPI:
 
     async def _handle(self, scope: Scope, receive: Receive, rest: str, grant: Grant | None) -> tuple[int, Any]:
         method: str = scope["method"]
-        if rest == OPENAPI_PATH_SUFFIX and grant is None:
+        if rest == OPENAPI_PATH_SUFFIX:  # public, client secrets included
             if method != "GET":
                 raise _not_allowed(method, scope)
             return 200, self.openapi

@@ -344,26 +344,28 @@ def _schemas() -> dict[str, Schema]:
         "ClientSecret": _strict(
             ["value", "expires_at"], value={"type": "string", "pattern": "^spcs_"}, expires_at={"type": "integer"}
         ),
+        # As in OpenAI's API, null stands for an absent field; client_secret.expires_after
+        # defaults to 600 seconds and its object form to the created_at anchor.
         "CreateSessionRequest": _strict(
             [],
             title=title,
-            metadata=_ref("Metadata"),
-            expires_after=_ref("ExpiresAfter"),
-            rate_limits=_strict(
-                ["max_requests_per_1_minute"], max_requests_per_1_minute={"type": "integer", "minimum": 1}
-            ),
-            max_requests={"type": "integer", "minimum": 1},
-            client_secret=_strict(
-                ["expires_after"],
-                expires_after={
-                    "oneOf": [
-                        secret_seconds,
-                        _strict(["anchor", "seconds"], anchor={"const": "created_at"}, seconds=secret_seconds),
-                    ]
-                },
+            metadata=_nullable(_ref("Metadata")),
+            expires_after=_nullable(_ref("ExpiresAfter")),
+            rate_limits=_nullable(_strict([], max_requests_per_1_minute={"type": ["integer", "null"], "minimum": 1})),
+            max_requests={"type": ["integer", "null"], "minimum": 1},
+            client_secret=_nullable(
+                _strict(
+                    [],
+                    expires_after={
+                        "oneOf": [
+                            secret_seconds,
+                            _strict(["seconds"], anchor={"const": "created_at"}, seconds=secret_seconds),
+                        ]
+                    },
+                )
             ),
         ),
-        "UpdateSessionRequest": _strict([], title=title, metadata=_ref("Metadata")),
+        "UpdateSessionRequest": _strict([], title=title, metadata=_nullable(_ref("Metadata"))),
         "ForkSessionRequest": _strict([], up_to_message_id={"type": "string"}, title=title),
         "Error": _strict(
             ["error"],
