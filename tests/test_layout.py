@@ -11,7 +11,7 @@ PACKAGE = Path(statefulproxy.__file__).parent
 
 LAYERS = {
     # pure logic
-    "errors": 0, "types": 0, "messages": 1, "identity": 1, "sse": 0, "assemble": 1, "settings": 1,
+    "errors": 0, "types": 0, "messages": 1, "identity": 1, "sse": 0, "assemble": 1, "settings": 2, "settings_values": 0,
     "stores.base": 0, "stores.resp": 0, "stores.redis_scripts": 0, "splice": 2, "recorder": 2,
     # adapters
     "stores": 4, "stores.memory": 3, "stores.redis": 3, "upstream": 3,
