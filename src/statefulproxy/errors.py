@@ -3,6 +3,7 @@
     StatefulProxyError
     ├── ConfigError          bad settings; raised at startup, names the offending key
     ├── StoreError           the session store failed (redis errors are translated to this)
+    ├── SessionBusy          another turn holds the session's lease
     ├── UpstreamError        the upstream could not be reached or timed out
     │   └── UpstreamTimeout
     └── ClientError          the request is wrong; carries the HTTP status and OpenAI error fields
@@ -27,6 +28,10 @@ class ConfigError(StatefulProxyError):
 
 class StoreError(StatefulProxyError):
     """The session store did not answer or answered with an error."""
+
+
+class SessionBusy(StatefulProxyError):
+    """Another turn holds the session's lease."""
 
 
 class UpstreamError(StatefulProxyError):

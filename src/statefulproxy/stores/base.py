@@ -105,6 +105,15 @@ class TurnWrite:
     usage: dict[str, int] = field(default_factory=dict)
     title_hint: str | None = None  # set as title if the session has none
     create: NewSession | None = None  # create the session if it does not exist
+    lease_token: str | None = None  # released by the commit, in the same atomic step, if still held
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """One turn's hold on a session: only the holder of ``token`` may commit a turn or renew it."""
+
+    token: str
+    ttl_ms: int
 
 
 CommitResult = Literal["ok", "missing", "ended", "expired"]
@@ -128,13 +137,18 @@ class Store(Protocol):
         Keys the credential hash when no ``scope_secret`` is configured.
         """
 
-    async def load(self, scope: str, session_id: str) -> SessionSnapshot | None:
+    async def load(self, scope: str, session_id: str, lease: Lease | None = None) -> SessionSnapshot | None:
         """The session's status and replay history; None if it does not exist.
 
         For an active session this is also the chat request's admission, atomically: if a
         limit refuses it, the snapshot says so in ``retry_after`` / ``limited_by`` and
         nothing is counted; otherwise the request is counted (sliding one-minute window,
         lifetime count) and the inactivity TTL refreshed.
+
+        With ``lease``, the same step takes the session's lease for ``lease.ttl_ms`` (also for
+        a session that does not exist yet, so two first turns on one new id are serialised):
+        if another token holds it, raises SessionBusy and counts nothing. A lease is not taken
+        for an ended/expired session nor when a limit refuses the request.
         """
 
     async def commit(self, scope: str, session_id: str, write: TurnWrite) -> CommitResult:
@@ -198,6 +212,12 @@ class Store(Protocol):
 
     async def delete(self, scope: str, session_id: str) -> bool:
         """Delete it, all its messages and its index entry. False if it did not exist."""
+
+    async def renew_lease(self, scope: str, session_id: str, lease: Lease) -> bool:
+        """Extend the lease by ``lease.ttl_ms`` if ``lease.token`` still holds it; False if not."""
+
+    async def release_lease(self, scope: str, session_id: str, token: str) -> None:
+        """Drop the lease if ``token`` holds it (a turn that ends without a commit)."""
 
     async def put_client_secret(self, secret_hash: str, scope: str, session_id: str, ttl: float) -> None:
         """Remember that ``secret_hash`` opens ``session_id`` of ``scope``, for ``ttl`` seconds."""
