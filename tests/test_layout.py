@@ -12,11 +12,12 @@ PACKAGE = Path(statefulproxy.__file__).parent
 LAYERS = {
     # pure logic
     "errors": 0, "types": 0, "messages": 1, "identity": 1, "sse": 0, "assemble": 1, "settings": 2, "settings_values": 0,
+    "guards": 1,
     "stores.base": 0, "stores.resp": 0, "stores.redis_scripts": 0, "splice": 2, "recorder": 2,
     # adapters
     "stores": 4, "stores.memory": 3, "stores.redis": 3, "upstream": 3,
     # ASGI
-    "api_models": 2, "openapi": 0,
+    "api_models": 2, "openapi": 0, "leases": 4, "retries": 3,
     "replies": 4, "tap": 5, "chat": 6, "management": 5, "middleware": 7, "passthrough": 5,
     # composition
     "app": 8, "cli": 9, "__main__": 10, "__init__": 10,

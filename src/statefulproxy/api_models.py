@@ -234,6 +234,8 @@ def _title(value: object) -> str | None:
 def _optional_int(value: object, param: str, low: int, high: int | None) -> int | None:
     if value is None:
         return None
+    if type(value) is float and value.is_integer():  # 5.0 is an integer to JSON Schema, as to OpenAI
+        value = int(value)
     if type(value) is not int or value < low or (high is not None and value > high):
         bound = f"from {low} to {high}" if high is not None else f"of at least {low}"
         raise ClientError(400, f"'{param}' must be an integer {bound}.", param=param)

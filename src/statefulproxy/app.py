@@ -1,13 +1,14 @@
-"""The proxy: SessionMiddleware around the passthrough app, plus health endpoints and lifespan."""
+"""The proxy: request-head checks, then SessionMiddleware around the passthrough app; health endpoints, lifespan."""
 
 from __future__ import annotations
 
 import logging
 
 from .errors import ConfigError, StoreError
+from .guards import check_request_head
 from .middleware import SessionMiddleware
 from .passthrough import PassthroughApp
-from .replies import send_failure, send_object
+from .replies import send_error, send_failure, send_object
 from .settings import Settings
 from .stores import Store, store_from_url
 from .types import Receive, Scope, Send
@@ -34,9 +35,16 @@ class ProxyApp:
         self.sessions = SessionMiddleware(PassthroughApp(self.upstream), self.store, settings=settings)
         self.healthz = settings.health_prefix + "/healthz"
         self.readyz = settings.health_prefix + "/readyz"
+        self.max_headers = settings.max_headers
+        self.max_header_bytes = settings.max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            # before anything reads the request: nothing of a refused one is forwarded or stored
+            error = check_request_head(scope["headers"], self.max_headers, self.max_header_bytes)
+            if error is not None:
+                await send_error(send, error)
+                return
             path = scope["path"]
             if path == self.healthz:
                 await send_object(send, 200, {"status": "ok"})

@@ -7,9 +7,8 @@ so stateless traffic pays for one substring scan.
 
 from __future__ import annotations
 
-import itertools
+import dataclasses
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -29,8 +28,10 @@ from .identity import (
     resolve_session_id,
     scope_of,
 )
-from .messages import canonical, title_from, validate_messages
+from .leases import TurnLease
+from .messages import MessageIds, canonical, title_from, validate_messages
 from .replies import send_error, send_failure
+from .retries import completion_body, completion_stream, is_retry, recorded_reply
 from .settings import Settings
 from .splice import TurnPlan, plan_turn
 from .stores.base import NewSession, SessionSnapshot, Store, StoredMessage, TurnWrite
@@ -88,6 +89,7 @@ class ChatTurn:
             await self._run()
         except ClientError as error:
             await send_error(self.send, error)
+
         except StoreError as exc:
             logger.error("session store unavailable: %s", exc)
             await send_failure(self.send, 503, "The session store is unavailable.", "store_error", "store_unavailable")
@@ -104,7 +106,9 @@ class ChatTurn:
         except orjson.JSONDecodeError:
             parsed = None
         if not isinstance(parsed, dict):
-            if from_headers is not None or self.grant is not None:
+            # a body that names a session but cannot be read must not go upstream as a stateless one
+            named = b"session_id" in body or b"sessionId" in body
+            if from_headers is not None or self.grant is not None or named:
                 raise ClientError(400, "The request body must be a JSON object for a session request.")
             await self.app(self.scope, self.receive_replayed_body, self.send)
             return
@@ -131,37 +135,109 @@ class ChatTurn:
         if "messages" not in parsed:
             raise ClientError(400, "'messages' is required for a session request.", param="messages")
         sent = validate_messages(parsed["messages"])
-        if self.grant is not None:
-            scope_hash = self.grant.scope
-        else:
-            scope_hash = scope_of(credential(self.scope["headers"]), await self.scope_secret())
         snapshot: SessionSnapshot | None = None
+        lease: TurnLease | None = None
+        minted = session_id is None
         if session_id is None:
             session_id = mint_session_id()
+        # a minted id goes through the store too: its first turn needs the store to be there
+        try:
+            scope_hash = await self._scope_hash()
+            if record:
+                lease = TurnLease(self.store, scope_hash, session_id, self.settings)
+                snapshot = await lease.load()
+            else:
+                snapshot = await self.store.load(scope_hash, session_id)
+        except StoreError as exc:
+            if self.settings.on_store_error != "passthrough":
+                raise
+            # configured to degrade: the turn goes upstream without its history, unrecorded
+            logger.warning("session store unavailable, forwarding without history: %s", exc)
+            scope_hash, lease, record = "", None, False
         else:
-            snapshot = await self.store.load(scope_hash, session_id)
-            if snapshot is None and (session_id.startswith(MINTED_PREFIX) or self.grant is not None):
+            if snapshot is None and not minted and (session_id.startswith(MINTED_PREFIX) or self.grant is not None):
+                await _release(lease)
                 raise ClientError(
                     404, f"No session found with id '{session_id}'.", param="session_id", code="not_found"
                 )
             if snapshot is not None:
-                _admit(snapshot)
+                try:
+                    _admit(snapshot)
+                except ClientError:
+                    await _release(lease)
+                    raise
+        try:
+            await self._forward_turn(parsed, sent, session_id, scope_hash, snapshot, lease, record)
+        finally:
+            await _release(lease)
+
+    async def _forward_turn(
+        self,
+        parsed: dict[str, Any],
+        sent: list[dict[str, Any]],
+        session_id: str,
+        scope_hash: str,
+        snapshot: SessionSnapshot | None,
+        lease: TurnLease | None,
+        record: bool,
+    ) -> None:
         reasoning_field = self.settings.replay_reasoning
-        plan = plan_turn(
-            snapshot.replay if snapshot else (), snapshot.leading_system if snapshot else 0, sent, reasoning_field
-        )
+        try:
+            plan = plan_turn(
+                snapshot.replay if snapshot else (), snapshot.leading_system if snapshot else 0, sent, reasoning_field
+            )
+            scope = self._forward_scope(parsed, plan)
+        except orjson.JSONEncodeError:
+            # Past 254 levels orjson cannot write JSON back (past 1024 it cannot read it: a 400
+            # too). Session bodies are always re-serialised before anything is forwarded or
+            # stored, so this is the depth cap, and it costs nothing to check.
+            raise ClientError(400, "The request body nests too deeply (at most 254 levels).", code="too_deep") from None
+        if snapshot is not None and record and is_retry(self.scope["headers"]):
+            reply = recorded_reply(snapshot.replay, plan)
+            if reply is not None:
+                await self._send_recorded(reply, parsed, session_id)
+                return
 
         async def commit(reply: AssistantReply) -> None:
             if not record:
                 return
-            write = self._turn_write(plan, reply, sent, parsed.get("metadata"), create=snapshot is None)
+            try:
+                write = self._turn_write(plan, reply, sent, parsed.get("metadata"), create=snapshot is None)
+            except orjson.JSONEncodeError:
+                logger.warning("reply nests too deeply to be stored; turn not recorded")
+                return
+            if lease is not None:
+                write = dataclasses.replace(write, lease_token=lease.token)
             result = await self.store.commit(scope_hash, session_id, write)
+            if lease is not None:
+                lease.released = True  # the commit released it in the same step
             if result != "ok":
                 logger.info("turn not recorded: session %s", result)
 
-        scope = self._forward_scope(parsed, plan)
+        if lease is not None:
+            lease.keep_renewed()
         tap = ResponseTap(self.send, session_id, commit)
         await self.app(scope, self.receive_replayed_body, tap.send_and_record)
+
+    async def _scope_hash(self) -> str:
+        if self.grant is not None:
+            return self.grant.scope
+        return scope_of(credential(self.scope["headers"]), await self.scope_secret())
+
+    async def _send_recorded(self, reply: dict[str, Any], parsed: dict[str, Any], session_id: str) -> None:
+        """Answer a retry of the last recorded turn from the history: no upstream call, no new turn."""
+        if parsed.get("stream") is True:
+            body, content_type = completion_stream(reply, parsed.get("model")), b"text/event-stream"
+        else:
+            body, content_type = completion_body(reply, parsed.get("model"), session_id), b"application/json"
+        headers = [
+            (b"content-type", content_type),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-session-id", session_id.encode()),
+            (b"x-session-replayed", b"true"),
+        ]
+        await self.send({"type": "http.response.start", "status": 200, "headers": headers})
+        await self.send({"type": "http.response.body", "body": body, "more_body": False})
 
     def _turn_write(
         self, plan: TurnPlan, reply: AssistantReply, sent: list[dict[str, Any]], parsed_metadata: object, create: bool
@@ -225,8 +301,9 @@ class ChatTurn:
         if plan.forward is not None:
             out = {**out} if out is parsed else out
             out["messages"] = orjson.Fragment(b"[" + b",".join(plan.forward) + b"]")
-        if out is not parsed:
-            self.body = orjson.dumps(out)
+        # Always re-serialised, even when unchanged: the upstream must read exactly what was
+        # parsed and recorded (a body with duplicate keys reads differently elsewhere).
+        self.body = orjson.dumps(out)
         # accept-encoding goes too: an uncompressed reply is recorded and rewritten as it is
         drop = self.header_names | {b"content-length", b"accept-encoding"}
         if self.grant is not None:  # the browser's secret stays here; the upstream gets the proxy's key
@@ -265,6 +342,11 @@ class ChatTurn:
         return {"type": "http.request", "body": self.body, "more_body": False}
 
 
+async def _release(lease: TurnLease | None) -> None:
+    if lease is not None:
+        await lease.release()
+
+
 def _admit(snapshot: SessionSnapshot) -> None:
     """Refuse a turn on a read-only session or one over its request limits."""
     if snapshot.status != "active":
@@ -280,17 +362,6 @@ def _admit(snapshot: SessionSnapshot) -> None:
             code="rate_limit_exceeded" if per_minute else "max_requests_exceeded",
             headers=[(b"retry-after", str(snapshot.retry_after).encode())],
         )
-
-
-class MessageIds:
-    """Message ids: a random per-process prefix and a counter (unique across replicas, no syscall)."""
-
-    def __init__(self) -> None:
-        self._prefix = b"msg_" + secrets.token_hex(8).encode()
-        self._counter = itertools.count()
-
-    def new(self) -> bytes:
-        return self._prefix + b"%08x" % next(self._counter)
 
 
 def session_metadata(metadata: object) -> dict[str, str]:

@@ -70,7 +70,7 @@ class ManagementAPI:
         method: str = scope["method"]
         if rest == OPENAPI_PATH_SUFFIX:  # public, client secrets included
             if method != "GET":
-                raise _not_allowed(method, scope)
+                raise _not_allowed(method, scope, "openapi")
             return 200, self.openapi
         if rest in ("", "/"):
             if grant is not None:
@@ -80,7 +80,7 @@ class ManagementAPI:
                 return await self._create(owner, await _read_body(receive))
             if method == "GET":
                 return await self._list(owner, scope["query_string"])
-            raise _not_allowed(method, scope)
+            raise _not_allowed(method, scope, "collection")
         match = _SESSION_ROUTE.fullmatch(rest)
         if match is None:
             raise ClientError(404, f"Unknown path '{scope['path']}'.", type="not_found_error", code="not_found")
@@ -114,7 +114,7 @@ class ManagementAPI:
         elif action == "/messages":
             if method == "GET":
                 messages = _found(await store.messages(owner, session_id), session_id)
-                query = dict(parse_qsl(scope["query_string"].decode("latin-1")))
+                query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
                 return 200, paginate([message_object(m) for m in messages], query)
             if method == "DELETE":
                 record = _found(await store.get(owner, session_id), session_id)
@@ -124,7 +124,7 @@ class ManagementAPI:
             return 200, session_object(_found(await store.end(owner, session_id), session_id))
         elif action == "/fork" and method == "POST":
             return 201, await self._fork(owner, session_id, await _read_body(receive))
-        raise _not_allowed(method, scope)
+        raise _not_allowed(method, scope, action)
 
     async def _create(self, owner: str, raw: bytes) -> tuple[int, Any]:
         request = parse_create(parse_body(raw))
@@ -146,7 +146,7 @@ class ManagementAPI:
         return 201, body
 
     async def _list(self, owner: str, query_string: bytes) -> tuple[int, Any]:
-        query = parse_list_query(parse_qsl(query_string.decode("latin-1")))
+        query = parse_list_query(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
         page = await self.store.list_sessions(
             owner,
             limit=query.limit,
@@ -217,8 +217,24 @@ def _writable(record: SessionRecord) -> None:
         )
 
 
-def _not_allowed(method: str, scope: Scope) -> ClientError:
-    return ClientError(405, f"Method {method} is not allowed on '{scope['path']}'.", code="method_not_allowed")
+_ALLOWED = {
+    "collection": "GET, POST",
+    "openapi": "GET",
+    None: "GET, POST, DELETE",
+    "/messages": "GET, DELETE",
+    "/end": "POST",
+    "/cancel": "POST",
+    "/fork": "POST",
+}
+
+
+def _not_allowed(method: str, scope: Scope, route: str | None) -> ClientError:
+    return ClientError(
+        405,
+        f"Method {method} is not allowed on '{scope['path']}'.",
+        code="method_not_allowed",
+        headers=[(b"allow", _ALLOWED[route].encode())],
+    )
 
 
 def _not_found(session_id: str) -> ClientError:

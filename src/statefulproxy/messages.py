@@ -9,6 +9,8 @@ check compares, so a client that echoes back the assistant message it was given
 
 from __future__ import annotations
 
+import itertools
+import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -110,3 +112,14 @@ def title_from(messages: Sequence[Mapping[str, Any]]) -> str | None:
         cut = text[: TITLE_LENGTH + 1].rsplit(" ", 1)[0] if " " in text[: TITLE_LENGTH + 1] else text[:TITLE_LENGTH]
         return cut[:TITLE_LENGTH].rstrip()
     return None
+
+
+class MessageIds:
+    """Message ids: a random per-process prefix and a counter (unique across replicas, no syscall)."""
+
+    def __init__(self) -> None:
+        self._prefix = b"msg_" + secrets.token_hex(8).encode()
+        self._counter = itertools.count()
+
+    def new(self) -> bytes:
+        return self._prefix + b"%08x" % next(self._counter)

@@ -12,10 +12,11 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from .chat import ChatTurn, MessageIds, TurnContext, is_chat_request
+from .chat import ChatTurn, TurnContext, is_chat_request
 from .errors import ClientError, StoreError
 from .identity import Grant, client_secret_hash, client_secret_of, credential, scope_of
 from .management import ManagementAPI
+from .messages import MessageIds
 from .replies import send_error, send_failure
 from .settings import Settings, resolve_upstream_api_key, settings_from_mapping
 from .stores import Store, store_from_url

@@ -223,13 +223,15 @@ def _query(name: str, schema: Schema, description: str) -> Schema:
 
 
 def _list_parameters(order: str, item: str, *extra: Schema) -> list[Schema]:
+    # session ids have a pattern; message ids are the proxy's own and any string is looked up
+    cursor: Schema = {"type": "string", "pattern": SESSION_ID_PATTERN} if item == "session" else {"type": "string"}
     return [
         _query(
             "limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}, "Page size."
         ),
         _query("order", {"type": "string", "enum": ["asc", "desc"], "default": order}, "By creation time."),
-        _query("after", {"type": "string"}, f"A {item} id: the page starts after it (in this order)."),
-        _query("before", {"type": "string"}, f"A {item} id: the page ends before it (in this order)."),
+        _query("after", cursor, f"A {item} id: the page starts after it (in this order)."),
+        _query("before", cursor, f"A {item} id: the page ends before it (in this order)."),
         *extra,
     ]
 
@@ -250,7 +252,7 @@ def _session_filters() -> list[Schema]:
 
 def _page() -> Schema:
     description = "Zero-based page number, `limit` messages a page (for clients built on page numbers)."
-    return _query("page", {"type": "integer", "minimum": 0}, description)
+    return _query("page", {"type": "integer", "minimum": 0, "maximum": 1 << 31}, description)
 
 
 def _list(item: str) -> Schema:

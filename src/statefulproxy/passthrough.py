@@ -12,8 +12,8 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-from .errors import ClientError, UpstreamError, UpstreamTimeout
-from .replies import send_error, send_failure
+from .errors import UpstreamError, UpstreamTimeout
+from .replies import send_failure
 from .types import Headers, Message, Receive, Scope, Send
 from .upstream import UpstreamClient, UpstreamResponse
 
@@ -44,19 +44,6 @@ def end_to_end(headers: Headers | tuple[tuple[bytes, bytes], ...]) -> Headers:
         return [(name, value) for name, value in headers if name.lower() not in HOP_BY_HOP]
     dropped = HOP_BY_HOP | named
     return [(name, value) for name, value in headers if name.lower() not in dropped]
-
-
-def check_framing(headers: Headers) -> None:
-    """Refuse a request whose length is ambiguous (request smuggling, RFC 9112 6.3)."""
-    has_length = has_chunked = False
-    for name, _ in headers:
-        lowered = name.lower()
-        if lowered == b"content-length":
-            has_length = True
-        elif lowered == b"transfer-encoding":
-            has_chunked = True
-    if has_length and has_chunked:
-        raise ClientError(400, "A request may not carry both Content-Length and Transfer-Encoding.", code="bad_framing")
 
 
 class ClientDisconnected(Exception):
@@ -90,12 +77,9 @@ class Relay:
         self.task = task
 
     async def run(self) -> None:
+        # The client's framing was checked on arrival (guards.py); the session layer may
+        # re-frame a body it rewrote, and the upstream request is framed anew by aiohttp.
         scope = self.scope
-        try:
-            check_framing(scope["headers"])
-        except ClientError as error:
-            await send_error(self.send, error)
-            return
         headers = [
             (name.decode("latin-1"), value.decode("latin-1"))
             for name, value in end_to_end(scope["headers"])

@@ -157,7 +157,10 @@ class ResponseTap:
             return body[:start] + field + separator + body[start:]
         if metadata is None or isinstance(metadata, dict):
             parsed["metadata"] = {**(metadata or {}), "session_id": self._session_id.decode()}
-            return orjson.dumps(parsed)
+            try:
+                return orjson.dumps(parsed)
+            except orjson.JSONEncodeError:  # nested past what orjson writes: relay it as it came
+                return body
         return body
 
     async def _send_json(self, body: bytes, *, drop_encoding: bool) -> None:
@@ -177,7 +180,8 @@ class ResponseTap:
         await self._send({"type": "http.response.body", "body": b"".join(held), "more_body": more_body})
 
     async def _send_store_failure(self) -> None:
-        body = error_body("The session store is unavailable; the turn was not recorded.", "store_error", None, None)
+        message = "The session store is unavailable; the turn was not recorded."
+        body = error_body(message, "store_error", None, "store_unavailable")
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         headers.append((b"x-session-id", self._session_id))
         await self._send({"type": "http.response.start", "status": 503, "headers": headers})

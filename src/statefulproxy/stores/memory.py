@@ -14,10 +14,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..errors import SessionBusy
 from .base import (
     DROP_ALL,
     CommitResult,
     ExpiresAfter,
+    Lease,
     NewSession,
     SessionLimits,
     SessionRecord,
@@ -103,8 +105,11 @@ class MemoryStore:
         # per scope, its session ids in creation order (dicts keep insertion order)
         self._index: dict[str, dict[str, None]] = {}
         self._secrets: dict[str, tuple[str, str, float]] = {}
+        # (token, deadline), apart from the sessions: it may precede one, and delete() leaves it
+        self._leases: dict[tuple[str, str], tuple[str, float]] = {}
         self._secret = os.urandom(32)
-        self._sweep_interval = math.inf if ttl is None else min(ttl / 10, _MAX_SWEEP_INTERVAL)
+        # without a TTL only secrets and leases expire, but they must not pile up either
+        self._sweep_interval = _MAX_SWEEP_INTERVAL if ttl is None else min(ttl / 10, _MAX_SWEEP_INTERVAL)
         self._next_sweep = clock() + self._sweep_interval
 
     def __len__(self) -> int:
@@ -123,10 +128,16 @@ class MemoryStore:
     async def scope_secret(self) -> bytes:
         return self._secret
 
-    async def load(self, scope: str, session_id: str) -> SessionSnapshot | None:
+    async def load(self, scope: str, session_id: str, lease: Lease | None = None) -> SessionSnapshot | None:
         now = self._clock()
+        if lease is not None:
+            _check_ttl(lease)
+            if self._holder(scope, session_id, now) not in (None, lease.token):
+                raise SessionBusy(f"session {session_id!r} is busy: another turn holds its lease")
         session = self._lookup(scope, session_id, now)
         if session is None:
+            if lease is not None:  # a first turn: the next one on this id waits for it
+                self._leases[scope, session_id] = (lease.token, now + lease.ttl_ms / 1000)
             return None
         status = session.status(now)
         if status == "active":
@@ -134,6 +145,8 @@ class MemoryStore:
             if refused is not None:  # over a limit: the history is not needed
                 return SessionSnapshot(session_id, status, [], 0, *refused)
             session.deadline = self._deadline(now)
+            if lease is not None:
+                self._leases[scope, session_id] = (lease.token, now + lease.ttl_ms / 1000)
         return SessionSnapshot(
             id=session_id,
             status=status,
@@ -143,6 +156,8 @@ class MemoryStore:
 
     async def commit(self, scope: str, session_id: str, write: TurnWrite) -> CommitResult:
         now = self._clock()
+        if write.lease_token is not None:  # whatever the result: in one step with the write, nothing awaits
+            self._release(scope, session_id, write.lease_token, now)
         session = self._lookup(scope, session_id, now)
         if session is None:
             if write.create is None:
@@ -277,6 +292,17 @@ class MemoryStore:
         self._forget(scope, session_id)
         return True
 
+    async def renew_lease(self, scope: str, session_id: str, lease: Lease) -> bool:
+        _check_ttl(lease)
+        now = self._clock()
+        if self._holder(scope, session_id, now) != lease.token:
+            return False
+        self._leases[scope, session_id] = (lease.token, now + lease.ttl_ms / 1000)
+        return True
+
+    async def release_lease(self, scope: str, session_id: str, token: str) -> None:
+        self._release(scope, session_id, token, self._clock())
+
     async def put_client_secret(self, secret_hash: str, scope: str, session_id: str, ttl: float) -> None:
         self._secrets[secret_hash] = (scope, session_id, self._clock() + ttl)
 
@@ -290,6 +316,18 @@ class MemoryStore:
             del self._secrets[secret_hash]
             return None
         return found[0], found[1]
+
+    def _holder(self, scope: str, session_id: str, now: float) -> str | None:
+        """The token holding the session's lease, dropping a lease past its deadline."""
+        token, deadline = self._leases.get((scope, session_id), (None, math.inf))
+        if now < deadline:
+            return token
+        del self._leases[scope, session_id]
+        return None
+
+    def _release(self, scope: str, session_id: str, token: str, now: float) -> None:
+        if self._holder(scope, session_id, now) == token:
+            del self._leases[scope, session_id]
 
     def _admit(self, session: _Session, now: float) -> tuple[int, LimitedBy] | None:
         """Count one request of an active session, or (retry_after, limit) when a limit refuses it."""
@@ -353,3 +391,10 @@ class MemoryStore:
             self._forget(scope, session_id)
         for secret_hash in [key for key, (_, _, deadline) in self._secrets.items() if now >= deadline]:
             del self._secrets[secret_hash]
+        for key in [key for key, (_, deadline) in self._leases.items() if now >= deadline]:
+            del self._leases[key]
+
+
+def _check_ttl(lease: Lease) -> None:
+    if lease.ttl_ms < 1:
+        raise ValueError(f"a lease needs a positive ttl_ms, not {lease.ttl_ms!r}")

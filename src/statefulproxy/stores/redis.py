@@ -1,10 +1,10 @@
-"""The Redis store: per session one hash, one list and one rate window, each change one Lua script.
+"""The Redis store: per session a hash, a list, a rate window and a lease, each change one Lua script.
 
-Session keys are ``<prefix>:{<h>}:meta`` (hash), ``:msgs`` (list) and ``:window`` (sorted
-set), ``h`` a hash of (scope, session id): no raw id or credential hash ever names a key,
-and the shared ``{h}`` tag keeps each script on one Redis Cluster slot. A list element is
-``replay + b"\\n" + info`` (orjson never emits a raw newline). ``now`` comes from the
-injected clock, never from Redis ``TIME``.
+Session keys are ``<prefix>:{<h>}:meta`` (hash), ``:msgs`` (list), ``:window`` (sorted set) and
+``:lease`` (the holding turn's token, always with a PX TTL), ``h`` a hash of (scope, session id):
+no raw id or credential hash ever names a key, and the shared ``{h}`` tag keeps each script on one
+Redis Cluster slot. A list element is ``replay + b"\\n" + info`` (orjson never emits a raw newline).
+``now`` comes from the injected clock, never from Redis ``TIME`` (but lease TTLs are Redis PX times).
 
 Each scope's listing index is ``<prefix>:{i<s>}:index`` (session ids scored by INCR on
 ``:seq``), ``s`` a hash of the scope, on its own slot. Creating writes the index entry
@@ -28,12 +28,13 @@ from typing import Any, Literal, cast
 import orjson
 from redis.asyncio.connection import SSLConnection, parse_url
 
-from ..errors import ConfigError, StoreError
+from ..errors import ConfigError, SessionBusy, StoreError
 from . import redis_scripts as lua
 from .base import (
     CommitResult,
     ExpiresAfter,
     ExpiryAnchor,
+    Lease,
     NewSession,
     SessionLimits,
     SessionRecord,
@@ -75,11 +76,11 @@ class RedisStore:
         self._prefix = key_prefix
         self._secret: bytes | None = None
         sources = (lua.LOAD, lua.COMMIT, lua.CREATE, lua.UPDATE, lua.CLEAR, lua.MESSAGES, lua.END, lua.DELETE)
-        self._scripts = tuple(Script(source) for source in (*sources, lua.INDEX_DROP, lua.SCOPE_SECRET))
+        self._scripts = tuple(Script(s) for s in (*sources, lua.INDEX_DROP, lua.SCOPE_SECRET, *lua.LEASES))
         self._load, self._commit, self._create, self._update, self._clear, self._messages = self._scripts[:6]
-        self._end, self._delete, self._index_drop, self._secret_script = self._scripts[6:]
-        # The index write is sent as EVAL, never EVALSHA: a NOSCRIPT retry would reach Redis
-        # after the session it lists.
+        self._end, self._delete, self._index_drop, self._secret_script = self._scripts[6:10]
+        self._renew_lease, self._release_lease = self._scripts[10:]
+        # sent as EVAL, never EVALSHA: a NOSCRIPT retry would reach Redis after the session it lists
         self._index_add = lua.INDEX_ADD.encode()
 
     @property
@@ -103,18 +104,19 @@ class RedisStore:
 
     async def scope_secret(self) -> bytes:
         if self._secret is None:
+            key = f"{self._prefix}:secret"
             with _translate_errors("scope_secret"):
-                secret = await self._client.run_script(
-                    self._secret_script, (f"{self._prefix}:secret",), (os.urandom(32),)
-                )
-            self._secret = bytes(secret)
+                self._secret = bytes(await self._client.run_script(self._secret_script, (key,), (os.urandom(32),)))
         return self._secret
 
-    async def load(self, scope: str, session_id: str) -> SessionSnapshot | None:
+    async def load(self, scope: str, session_id: str, lease: Lease | None = None) -> SessionSnapshot | None:
         now = self._clock()
-        found = await self._run("load", self._load, scope, session_id, int(now), round(now * 1000), self._ttl_ms)
+        args = (int(now), round(now * 1000), self._ttl_ms, *_lease_args(lease))
+        found = await self._run("load", self._load, scope, session_id, *args)
         if found is None:
             return None
+        if isinstance(found, bytes):  # b"busy"
+            raise SessionBusy(f"session {session_id!r} is busy: another turn holds its lease")
         status, leading_system, elements, *refused = found
         if refused:  # over a limit: the history is not needed
             limited_by = cast(Literal["max_requests_per_1_minute", "max_requests"], refused[1].decode())
@@ -127,7 +129,7 @@ class RedisStore:
         args: list[Any] = [int(self._clock()), self._ttl_ms, write.drop_leading, write.tail_leading_system]
         args.append(_optional(write.title_hint))
         args += ["0", "-", "", "", "", "", "", ""] if new is None else ["1", *_new_fields(new, args[0])]
-        args.append(len(write.usage))
+        args += [_optional(write.lease_token), len(write.usage)]
         for name, tokens in write.usage.items():
             args += [_USAGE + name, int(tokens)]
         args.append(len(write.head))
@@ -153,9 +155,8 @@ class RedisStore:
     ) -> SessionRecord | None:
         now = int(self._clock())
         args = (now, self._ttl_ms, *_new_fields(new, now), leading_system, *_encode(messages))
-        listed, flat = await self._index_then(
-            "create", scope, session_id, self._client.run_script(self._create, self._keys(scope, session_id), args)
-        )
+        write = self._client.run_script(self._create, self._keys(scope, session_id), args)
+        listed, flat = await self._index_then("create", scope, session_id, write)
         if flat is None:
             return None
         await self._relist(scope, session_id, listed)
@@ -210,7 +211,7 @@ class RedisStore:
                         dead += [sid, score]
                         continue
                     record = self._record(sid.decode(), fields)
-                    if _matches(record, status, metadata):
+                    if (status is None or record.status == status) and _has(record.metadata, metadata):
                         found.append(record)
                         if len(found) > limit:
                             break
@@ -254,6 +255,12 @@ class RedisStore:
             existed, _ = await asyncio.gather(deleted, unlisted)
         return bool(existed)
 
+    async def renew_lease(self, scope: str, session_id: str, lease: Lease) -> bool:
+        return bool(await self._run("renew_lease", self._renew_lease, scope, session_id, *_lease_args(lease)))
+
+    async def release_lease(self, scope: str, session_id: str, token: str) -> None:
+        await self._run("release_lease", self._release_lease, scope, session_id, token)
+
     async def put_client_secret(self, secret_hash: str, scope: str, session_id: str, ttl: float) -> None:
         key, value = f"{self._prefix}:cs:{secret_hash}", f"{scope}\n{session_id}"
         with _translate_errors("put_client_secret"):
@@ -267,10 +274,10 @@ class RedisStore:
         scope, _, session_id = value.decode().partition("\n")
         return scope, session_id
 
-    def _keys(self, scope: str, session_id: str) -> tuple[str, str, str]:
+    def _keys(self, scope: str, session_id: str) -> tuple[str, str, str, str]:
         digest = hashlib.blake2b(f"{scope}\0{session_id}".encode(), digest_size=16).hexdigest()
         base = f"{self._prefix}:{{{digest}}}"
-        return f"{base}:meta", f"{base}:msgs", f"{base}:window"
+        return f"{base}:meta", f"{base}:msgs", f"{base}:window", f"{base}:lease"
 
     def _index_keys(self, scope: str) -> tuple[str, str]:
         digest = hashlib.blake2b(scope.encode(), digest_size=16).hexdigest()
@@ -281,10 +288,8 @@ class RedisStore:
             return await self._client.run_script(script, self._keys(scope, session_id), args)
 
     async def _index_then(self, operation: str, scope: str, session_id: str, write: Any) -> tuple[bool, Any]:
-        """List ``session_id`` in the scope's index, then run ``write``: one pipelined round trip.
-
-        RespClient writes each command as its task starts, and gather starts them in order.
-        """
+        """List ``session_id`` in the scope's index, then run ``write``: one pipelined round trip."""
+        # RespClient writes each command as its task starts, and gather starts them in order.
         index, seq = self._index_keys(scope)
         listed = self._client.execute(b"EVAL", self._index_add, 2, index, seq, session_id, b"0")
         with _translate_errors(operation):
@@ -307,6 +312,7 @@ class RedisStore:
         elif expires_at is not None and self._clock() >= expires_at:
             status = "expired"
         title, anchor = fields.get(b"title"), fields.get(b"anchor")
+        after = ExpiresAfter(cast(ExpiryAnchor, anchor.decode()), int(fields[b"expires_after"])) if anchor else None
         return SessionRecord(
             id=session_id,
             status=status,
@@ -317,18 +323,14 @@ class RedisStore:
             expires_at=expires_at,
             metadata=orjson.loads(fields[b"metadata"]),
             usage={k[len(_USAGE) :].decode(): int(v) for k, v in fields.items() if k.startswith(_USAGE.encode())},
-            expires_after=ExpiresAfter(cast(ExpiryAnchor, anchor.decode()), int(fields[b"expires_after"]))
-            if anchor
-            else None,
+            expires_after=after,
             limits=SessionLimits(_int(fields.get(b"rpm")), _int(fields.get(b"max_requests"))),
             request_count=int(fields.get(b"request_count") or 0),
         )
 
 
-def _matches(record: SessionRecord, status: SessionStatus | None, metadata: dict[str, str] | None) -> bool:
-    if status is not None and record.status != status:
-        return False
-    return not metadata or all(record.metadata.get(key) == value for key, value in metadata.items())
+def _has(fields: dict[str, str], wanted: dict[str, str] | None) -> bool:
+    return not wanted or all(fields.get(key) == value for key, value in wanted.items())
 
 
 def _new_fields(new: NewSession, now: int) -> list[Any]:
@@ -343,6 +345,12 @@ def _new_fields(new: NewSession, now: int) -> list[Any]:
         "" if limits.max_requests_per_1_minute is None else limits.max_requests_per_1_minute,
         "" if limits.max_requests is None else limits.max_requests,
     ]
+
+
+def _lease_args(lease: Lease | None) -> tuple[str, int] | tuple[()]:
+    if lease is not None and lease.ttl_ms < 1:  # SET PX 0 is an error, and a lease without a TTL never goes
+        raise ValueError(f"a lease needs a positive ttl_ms, not {lease.ttl_ms!r}")
+    return () if lease is None else (lease.token, lease.ttl_ms)
 
 
 def _int(value: bytes | None) -> int | None:

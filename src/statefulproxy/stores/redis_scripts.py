@@ -1,7 +1,8 @@
 """The Redis store's Lua scripts, as source text (stores/redis.py runs them).
 
 Session scripts take KEYS meta (hash), msgs (list), window (sorted set of the admitted
-requests of the last minute), all under one ``{h}`` hash tag. ``now`` is unix seconds
+requests of the last minute) and lease (string: the holding turn's token, always with a
+PX TTL), all under one ``{h}`` hash tag. ``now`` is unix seconds
 from the proxy's clock, ``now_ms`` the same instant in milliseconds. Meta fields:
 status, title, created_at, last_active_at, expires_at ("" none), anchor ("",
 "created_at", "last_active_at"), expires_after (seconds), rpm and max_requests ("" none),
@@ -44,13 +45,27 @@ local function append(first)
 end
 """
 
-# ARGV: now, now_ms, ttl_ms. -> false | {status, leading_system, messages} | refused:
-# {status, 0, {}, retry_after, limited_by}. A session without limits skips all limit work.
+# ARGV: now, now_ms, ttl_ms[, lease token, lease ttl_ms]. -> false | {status, leading_system,
+# messages} | refused: {status, 0, {}, retry_after, limited_by} | 'busy' (another token holds
+# the lease: nothing done). A session without limits skips all limit work. The lease is taken
+# for an absent session (its first turn) and for an admitted active one, never otherwise.
 LOAD = (
     _REFRESH
     + """
+local leasing = #ARGV > 3
+if leasing then
+  local holder = redis.call('GET', KEYS[4])
+  if holder and holder ~= ARGV[4] then return 'busy' end
+end
+local function take_lease()
+  if leasing then redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[5]) end
+end
+
 local m = redis.call('HMGET', KEYS[1], 'status', 'expires_at', 'leading_system', 'rpm', 'max_requests')
-if not m[1] then return false end
+if not m[1] then
+  take_lease()
+  return false
+end
 local now, expires_at = tonumber(ARGV[1]), tonumber(m[2])
 if m[1] == 'active' and expires_at and now >= expires_at then m[1] = 'expired' end
 if m[1] ~= 'active' then return {m[1], m[3], redis.call('LRANGE', KEYS[2], 0, -1)} end
@@ -82,37 +97,45 @@ local count = redis.call('HINCRBY', KEYS[1], 'request_count', 1)
 -- the count is unique per session: requests in one millisecond stay separate members
 if rpm then redis.call('ZADD', KEYS[3], ARGV[2], count) end
 refresh(ARGV[3], rpm)
+take_lease()
 return {m[1], m[3], redis.call('LRANGE', KEYS[2], 0, -1)}
 """
 )
 
 # ARGV: [1] now, [2] ttl_ms, [3] drop_leading, [4] tail_leading_system, [5] title_hint
-# ("-"/"+t"), [6] create "0"/"1", [7..13] create fields, [14] usage pair count, usage
-# name/value pairs, head count, head elements, tail elements. -> ok | new | missing | ended | expired
+# ("-"/"+t"), [6] create "0"/"1", [7..13] create fields, [14] lease token ("-"/"+token"),
+# [15] usage pair count, usage name/value pairs, head count, head elements, tail elements.
+# -> ok | new | missing | ended | expired. Whatever the result, the lease is released if the
+# token still holds it; a turn that lost its lease is still written (it happened), but the
+# lease of the turn that took it over is left alone.
 COMMIT = (
     _REFRESH
     + _CREATE_META
     + _APPEND
     + """
 local meta, msgs, now = KEYS[1], KEYS[2], ARGV[1]
+local function done(result)
+  if ARGV[14] ~= '-' and redis.call('GET', KEYS[4]) == string.sub(ARGV[14], 2) then redis.call('DEL', KEYS[4]) end
+  return result
+end
 local m = redis.call('HMGET', meta, 'status', 'expires_at', 'anchor', 'expires_after', 'rpm')
 local created = false
 if not m[1] then
-  if ARGV[6] == '0' then return 'missing' end
+  if ARGV[6] == '0' then return done('missing') end
   create_meta(now, 7)
   m = {'active', ARGV[9], ARGV[10], ARGV[11], ARGV[12]}
   created = true
 elseif m[1] == 'ended' then
-  return 'ended'
+  return done('ended')
 else
   local expires_at = tonumber(m[2])
-  if expires_at and tonumber(now) >= expires_at then return 'expired' end
+  if expires_at and tonumber(now) >= expires_at then return done('expired') end
 end
 
 -- Usage first: a script that fails midway keeps what it wrote, so do the one write that
 -- can fail (HINCRBY overflow) before touching the history.
-local i = 15 + 2 * tonumber(ARGV[14])
-for j = 15, i - 1, 2 do redis.call('HINCRBY', meta, ARGV[j], ARGV[j + 1]) end
+local i = 16 + 2 * tonumber(ARGV[15])
+for j = 16, i - 1, 2 do redis.call('HINCRBY', meta, ARGV[j], ARGV[j + 1]) end
 
 local len = redis.call('LLEN', msgs)
 local drop = tonumber(ARGV[3])  -- negative: DROP_ALL
@@ -149,8 +172,8 @@ if ARGV[5] ~= '-' and redis.call('HEXISTS', meta, 'title') == 0 then
   redis.call('HSET', meta, 'title', string.sub(ARGV[5], 2))
 end
 refresh(ARGV[2], m[5] and m[5] ~= '')
-if created then return 'new' end
-return 'ok'
+if created then return done('new') end
+return done('ok')
 """
 )
 
@@ -201,11 +224,26 @@ redis.call('HSET', KEYS[1], 'status', 'ended')
 return redis.call('HGETALL', KEYS[1])
 """
 
+# The lease is left alone: the turn holding it releases it, or it expires.
 DELETE = """
 local existed = redis.call('DEL', KEYS[1])
 redis.call('DEL', KEYS[2], KEYS[3])
 return existed
 """
+
+# ARGV: token, ttl_ms. Extends the lease only if the token holds it. -> 1 | 0
+RENEW_LEASE = """
+if redis.call('GET', KEYS[4]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[4], ARGV[2]) end
+return 0
+"""
+
+# ARGV: token. Drops the lease only if the token holds it. -> 1 | 0
+RELEASE_LEASE = """
+if redis.call('GET', KEYS[4]) == ARGV[1] then return redis.call('DEL', KEYS[4]) end
+return 0
+"""
+
+LEASES = (RENEW_LEASE, RELEASE_LEASE)
 
 # Scope index: KEYS index (sorted set), seq (counter), under the scope's own hash tag.
 # ARGV: session id, force "0"/"1". Adds the id at the newest position unless it is there

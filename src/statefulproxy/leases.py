@@ -1,0 +1,85 @@
+"""One turn at a time per session: a lease held in the store for the length of a turn.
+
+The lease is taken in the same store round trip as the history read, renewed while the
+upstream answers, and released by the commit (same atomic step) or, on every other exit,
+explicitly. A proxy that dies holding one loses it after ``lease_ttl``. A turn that finds
+the session busy waits for it (bounded by ``busy_timeout``) or is refused at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+
+from .errors import ClientError, SessionBusy, StoreError
+from .settings import Settings
+from .stores.base import Lease, SessionSnapshot, Store
+
+logger = logging.getLogger("statefulproxy")
+
+_FIRST_BACKOFF = 0.005
+_MAX_BACKOFF = 0.1
+
+
+class TurnLease:
+    """The lease of one turn on one session."""
+
+    def __init__(self, store: Store, scope: str, session_id: str, settings: Settings) -> None:
+        self.store = store
+        self.scope = scope
+        self.session_id = session_id
+        self.lease = Lease(secrets.token_hex(16), max(int(settings.lease_ttl * 1000), 1))
+        self.settings = settings
+        self.released = False
+        self._renewing: asyncio.Task[None] | None = None
+
+    @property
+    def token(self) -> str:
+        return self.lease.token
+
+    async def load(self) -> SessionSnapshot | None:
+        """Read the session and take its lease, waiting for it per ``on_busy``."""
+        deadline = time.monotonic() + self.settings.busy_timeout
+        backoff = _FIRST_BACKOFF
+        while True:
+            try:
+                return await self.store.load(self.scope, self.session_id, self.lease)
+            except SessionBusy:
+                if self.settings.on_busy == "reject" or time.monotonic() + backoff > deadline:
+                    raise ClientError(
+                        409,
+                        f"Session '{self.session_id}' is busy with another turn; retry when it has finished.",
+                        code="session_busy",
+                    ) from None
+            await asyncio.sleep(backoff)  # polling the store: the holder may be another process
+            backoff = min(backoff * 2, _MAX_BACKOFF)
+
+    def keep_renewed(self) -> None:
+        """Renew the lease in the background until released (the upstream may take minutes)."""
+        self._renewing = asyncio.get_running_loop().create_task(self._renew())
+
+    async def release(self) -> None:
+        """Stop renewing and drop the lease unless a commit already released it."""
+        if self._renewing is not None:
+            self._renewing.cancel()
+        if self.released:
+            return
+        self.released = True
+        try:
+            # shielded: a client that disconnected must not leave the session locked until the TTL
+            await asyncio.shield(self.store.release_lease(self.scope, self.session_id, self.lease.token))
+        except StoreError as exc:
+            logger.warning("lease not released (it expires by itself): %s", exc)
+
+    async def _renew(self) -> None:
+        interval = self.lease.ttl_ms / 3000
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if not await self.store.renew_lease(self.scope, self.session_id, self.lease):
+                    logger.warning("lease of a session lost while its turn ran")
+                    return
+            except StoreError as exc:
+                logger.warning("lease not renewed: %s", exc)
