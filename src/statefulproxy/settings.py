@@ -70,7 +70,6 @@ class Settings:
     busy_timeout: float = 60.0
     lease_ttl: float = 30.0
     on_store_error: OnStoreError = "fail"
-    idempotency_ttl: float = 86400.0
     max_headers: int = 100
     max_header_bytes: int = 64 * 1024
     max_json_depth: int = 128
@@ -212,7 +211,6 @@ _PARSERS: Final[Mapping[str, Callable[[Any], Any]]] = MappingProxyType(
         "busy_timeout": values.duration(allow_none=False),
         "lease_ttl": values.duration(allow_none=False),
         "on_store_error": values.choice(get_args(OnStoreError)),
-        "idempotency_ttl": values.duration(allow_none=False),
         "max_headers": values.integer(1, 10_000),
         "max_header_bytes": values.size,
         # orjson writes at most 254 levels: a deeper body could not be forwarded once rewritten
