@@ -36,7 +36,7 @@ from statefulproxy.tap import ResponseTap
 from statefulproxy.types import Message, Receive, Scope, Send
 
 REQUEST_EXAMPLES = 10_000
-CHUNKING_EXAMPLES = 1_200
+CHUNKING_EXAMPLES = 1_100
 TIMEOUT = 5.0  # a request that takes longer in-process hangs
 
 SETTINGS = settings_from_mapping(

@@ -312,3 +312,11 @@ def test_validate_messages_names_the_bad_index(bad: object, index: int) -> None:
     assert info.value.type == "invalid_request_error"
     assert info.value.param == f"messages[{index}]"
     assert f"messages[{index}]" in info.value.message
+
+
+@pytest.mark.parametrize("tool_calls", [5, True, "call", [1], [{"id": "c"}, None]])
+def test_tool_calls_that_are_not_an_array_of_objects_are_a_400_naming_them(tool_calls: object) -> None:
+    with pytest.raises(ClientError) as caught:
+        validate_messages([{"role": "assistant", "content": None, "tool_calls": tool_calls}])
+    assert caught.value.status == 400
+    assert caught.value.param == "messages[0].tool_calls"

@@ -187,10 +187,13 @@ class ChatTurn:
                 snapshot.replay if snapshot else (), snapshot.leading_system if snapshot else 0, sent, reasoning_field
             )
             scope = self._forward_scope(parsed, plan)
-        except orjson.JSONEncodeError:
+        except orjson.JSONEncodeError as exc:
             # Past 254 levels orjson cannot write JSON back (past 1024 it cannot read it: a 400
             # too). Session bodies are always re-serialised before anything is forwarded or
-            # stored, so this is the depth cap, and it costs nothing to check.
+            # stored, so this is the depth cap, and it costs nothing to check. (JSONEncodeError is
+            # a TypeError: anything but the recursion limit is a bug, and must not look like a 400.)
+            if not _too_deep(exc):
+                raise
             raise ClientError(400, "The request body nests too deeply (at most 254 levels).", code="too_deep") from None
         if snapshot is not None and record and is_retry(self.scope["headers"]):
             reply = recorded_reply(snapshot.replay, plan)
@@ -203,7 +206,9 @@ class ChatTurn:
                 return
             try:
                 write = self._turn_write(plan, reply, sent, parsed.get("metadata"), create=snapshot is None)
-            except orjson.JSONEncodeError:
+            except orjson.JSONEncodeError as exc:
+                if not _too_deep(exc):
+                    raise
                 logger.warning("reply nests too deeply to be stored; turn not recorded")
                 return
             if lease is not None:
@@ -305,7 +310,7 @@ class ChatTurn:
         # parsed and recorded (a body with duplicate keys reads differently elsewhere).
         self.body = orjson.dumps(out)
         # accept-encoding goes too: an uncompressed reply is recorded and rewritten as it is
-        drop = self.header_names | {b"content-length", b"accept-encoding"}
+        drop = self.header_names | {b"content-length", b"transfer-encoding", b"accept-encoding"}
         if self.grant is not None:  # the browser's secret stays here; the upstream gets the proxy's key
             drop = drop | {b"authorization", b"x-api-key", b"api-key"}
         headers = [(name, value) for name, value in self.scope["headers"] if name.lower() not in drop]
@@ -340,6 +345,10 @@ class ChatTurn:
             return await self.receive()
         self.replayed = True
         return {"type": "http.request", "body": self.body, "more_body": False}
+
+
+def _too_deep(exc: orjson.JSONEncodeError) -> bool:
+    return "Recursion limit" in str(exc)
 
 
 async def _release(lease: TurnLease | None) -> None:

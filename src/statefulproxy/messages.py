@@ -33,6 +33,12 @@ def validate_messages(value: object) -> list[dict[str, Any]]:
             raise ClientError(
                 400, f"messages[{index}] must be an object with a string 'role'.", param=f"messages[{index}]"
             )
+        tool_calls = message.get("tool_calls")
+        if tool_calls is not None and (
+            not isinstance(tool_calls, list) or not all(isinstance(call, dict) for call in tool_calls)
+        ):
+            param = f"messages[{index}].tool_calls"
+            raise ClientError(400, f"{param} must be an array of tool call objects.", param=param)
     return value
 
 
