@@ -368,7 +368,7 @@ def _schemas() -> dict[str, Schema]:
             ),
         ),
         "UpdateSessionRequest": _strict([], title=title, metadata=_nullable(_ref("Metadata"))),
-        "ForkSessionRequest": _strict([], up_to_message_id={"type": "string"}, title=title),
+        "ForkSessionRequest": _strict([], up_to_message_id={"type": ["string", "null"]}, title=title),
         "Error": _strict(
             ["error"],
             error=_strict(
