@@ -20,8 +20,7 @@ from typing import Any, BinaryIO
 import pytest
 
 from harness import upstream as reply
-from harness.stack import Stack, running_stack
-from harness.upstream import RecordedRequest
+from harness.stack import Since, Stack, running_stack
 from statefulproxy.guards import check_request_head
 
 STREAMS = Path(__file__).parent / "fixtures" / "streams"
@@ -97,18 +96,6 @@ class Connection:
 def shared_stack() -> Iterator[Stack]:
     with running_stack("memory://") as running:
         yield running
-
-
-class Since:
-    """The upstream's requests since the test began (the stack is shared by the module's tests)."""
-
-    def __init__(self, stack: Stack) -> None:
-        self.stack = stack
-        self.before = len(stack.upstream.received)
-
-    @property
-    def received(self) -> list[RecordedRequest]:
-        return self.stack.upstream.received[self.before :]
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ import httpx2
 import orjson
 import pytest
 
-from harness.stack import Stack, running_stack
-from harness.upstream import RecordedRequest, text
+from harness.stack import Since, Stack, running_stack
+from harness.upstream import text
 from statefulproxy import ProxyApp, settings_from_mapping
 from statefulproxy.types import Message
 
@@ -30,18 +30,6 @@ CHAT = "/v1/chat/completions"
 def shared_stack() -> Iterator[Stack]:
     with running_stack("memory://", max_body_size=MAX_BODY) as running:
         yield running
-
-
-class Since:
-    """The upstream's requests since the test began (the stack is shared by the module's tests)."""
-
-    def __init__(self, stack: Stack) -> None:
-        self.stack = stack
-        self.before = len(stack.upstream.received)
-
-    @property
-    def received(self) -> list[RecordedRequest]:
-        return self.stack.upstream.received[self.before :]
 
 
 @pytest.fixture

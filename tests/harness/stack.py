@@ -12,7 +12,7 @@ import httpx2
 import openai
 
 from harness.servers import serve
-from harness.upstream import ScriptedUpstream
+from harness.upstream import RecordedRequest, ScriptedUpstream
 from statefulproxy import ProxyApp, settings_from_mapping
 from statefulproxy.stores import store_from_url
 
@@ -29,6 +29,18 @@ class Stack:
     def http(self, api_key: str | None = "key-1") -> httpx2.Client:
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         return httpx2.Client(base_url=self.url, headers=headers, timeout=10)
+
+
+class Since:
+    """The upstream's requests since the test began (the stack is shared by the module's tests)."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.before = len(stack.upstream.received)
+
+    @property
+    def received(self) -> list[RecordedRequest]:
+        return self.stack.upstream.received[self.before :]
 
 
 def store_url_for(kind: str, redis_url: str | None) -> str:
