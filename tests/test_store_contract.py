@@ -8,7 +8,8 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
 
 import anyio
 import orjson
@@ -27,6 +28,7 @@ from statefulproxy.stores import (
     TurnWrite,
     store_from_url,
 )
+from statefulproxy.stores import resp as resp_module
 from statefulproxy.stores.redis import RedisStore
 
 pytestmark = pytest.mark.anyio
@@ -603,3 +605,35 @@ def test_store_from_url_rejects_bad_urls(url: str, message: str) -> None:
 def test_store_from_url_rejects_nonpositive_ttl() -> None:
     with pytest.raises(ConfigError, match="ttl"):
         store_from_url("memory://", ttl=0)
+
+
+Trace = Callable[[Callable[[], Awaitable[object]]], Awaitable[list[str]]]
+
+
+@pytest.fixture(name="trace")
+def trace_commands(monkeypatch: pytest.MonkeyPatch) -> Trace:
+    """Records the Redis commands an operation sends; asserts all go out before the first reply
+    is read (one round trip)."""
+    events: list[str] = []
+    send, data_received = resp_module._Connection.send, resp_module._Connection.data_received
+
+    def record_send(self: Any, packed: bytes) -> Any:
+        events.append(packed.split(b"\r\n")[2].decode())  # the command name
+        return send(self, packed)
+
+    def record_reply(self: Any, data: bytes) -> None:
+        events.append("reply")
+        data_received(self, data)
+
+    monkeypatch.setattr(resp_module._Connection, "send", record_send)
+    monkeypatch.setattr(resp_module._Connection, "data_received", record_reply)
+
+    async def trace(operation: Callable[[], Awaitable[object]]) -> list[str]:
+        """The commands ``operation`` sends, all of which must be written before any reply is read."""
+        events.clear()
+        await operation()
+        sent = events[: events.index("reply")]
+        assert [event for event in events if event != "reply"] == sent
+        return sent
+
+    return trace

@@ -8,8 +8,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -18,11 +16,11 @@ import pytest
 import test_store_contract as contract
 from statefulproxy.errors import SessionBusy
 from statefulproxy.stores import ExpiresAfter, Lease, MemoryStore, NewSession, SessionLimits, Store, TurnWrite
-from statefulproxy.stores import resp as resp_module
 from test_store_contract import SCOPE, StoreFactory, history, turn
 
 # the contract suite's fixtures: every test here runs on memory:// and on Redis too
 backend, store_url, make_store, store = contract.backend, contract.store_url, contract.make_store, contract.store
+trace = contract.trace_commands
 
 pytestmark = pytest.mark.anyio
 
@@ -401,30 +399,9 @@ async def test_redis_lease_key_shares_the_hash_tag_and_always_has_a_ttl(make_sto
 
 
 @pytest.mark.parametrize("backend", ["redis"])
-async def test_redis_leases_cost_no_extra_round_trip(make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_redis_leases_cost_no_extra_round_trip(make_store: StoreFactory, trace: contract.Trace) -> None:
     store = make_store(ttl=3600)
     await store.open()  # connected, scripts loaded
-    events: list[str] = []
-    send, data_received = resp_module._Connection.send, resp_module._Connection.data_received
-
-    def record_send(self: Any, packed: bytes) -> Any:
-        events.append(packed.split(b"\r\n")[2].decode())  # the command name
-        return send(self, packed)
-
-    def record_reply(self: Any, data: bytes) -> None:
-        events.append("reply")
-        data_received(self, data)
-
-    monkeypatch.setattr(resp_module._Connection, "send", record_send)
-    monkeypatch.setattr(resp_module._Connection, "data_received", record_reply)
-
-    async def trace(operation: Callable[[], Awaitable[object]]) -> list[str]:
-        """The commands ``operation`` sends, all of which must be written before any reply is read."""
-        events.clear()
-        await operation()
-        sent = events[: events.index("reply")]
-        assert [event for event in events if event != "reply"] == sent
-        return sent
 
     assert await trace(lambda: store.load(SCOPE, "s1", lease("A"))) == ["EVALSHA"]
     first = leased(turn("u1", create=NewSession()), "A")

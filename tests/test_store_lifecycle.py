@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -13,11 +12,11 @@ import pytest
 
 import test_store_contract as contract
 from statefulproxy.stores import ExpiresAfter, MemoryStore, NewSession, SessionLimits, SessionRecord, Store
-from statefulproxy.stores import resp as resp_module
 from test_store_contract import SCOPE, START, StoreFactory, history, message, name_of, turn
 
 # the contract suite's fixtures: every test here runs on memory:// and on Redis too
 backend, store_url, make_store, store = contract.backend, contract.store_url, contract.make_store, contract.store
+trace = contract.trace_commands
 
 pytestmark = pytest.mark.anyio
 
@@ -508,31 +507,10 @@ async def test_memory_sweep_drops_expired_secrets(make_store: StoreFactory) -> N
 
 @pytest.mark.parametrize("backend", ["redis"])
 async def test_redis_writes_index_and_session_in_one_round_trip(
-    make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+    make_store: StoreFactory, trace: contract.Trace
 ) -> None:
     store = make_store(ttl=3600)
     await store.open()  # connected, scripts loaded
-    events: list[str] = []
-    send, data_received = resp_module._Connection.send, resp_module._Connection.data_received
-
-    def record_send(self: Any, packed: bytes) -> Any:
-        events.append(packed.split(b"\r\n")[2].decode())  # the command name
-        return send(self, packed)
-
-    def record_reply(self: Any, data: bytes) -> None:
-        events.append("reply")
-        data_received(self, data)
-
-    monkeypatch.setattr(resp_module._Connection, "send", record_send)
-    monkeypatch.setattr(resp_module._Connection, "data_received", record_reply)
-
-    async def trace(operation: Callable[[], Awaitable[object]]) -> list[str]:
-        """The commands ``operation`` sends, all of which must be written before any reply is read."""
-        events.clear()
-        await operation()
-        sent = events[: events.index("reply")]
-        assert [event for event in events if event != "reply"] == sent
-        return sent
 
     assert await trace(lambda: store.create(SCOPE, "s1", NewSession())) == ["EVAL", "EVALSHA"]
     assert await trace(lambda: store.commit(SCOPE, "s2", turn("u1", create=NewSession()))) == ["EVAL", "EVALSHA"]
