@@ -58,6 +58,9 @@ class SessionSnapshot:
     # set when a limit refused this request (nothing was counted): seconds to wait
     retry_after: int | None = None
     limited_by: Literal["max_requests_per_1_minute", "max_requests"] | None = None
+    # set when the load's idempotency key names a recorded turn: its value, and nothing else
+    # was done (no history, nothing counted, no lease taken)
+    idempotent: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +92,15 @@ class NewSession:
 
 
 @dataclass(frozen=True, slots=True)
+class IdempotentReply:
+    """What a turn keeps under its ``Idempotency-Key`` for ``ttl_ms``: opaque to the store."""
+
+    key: str  # a hash of the client's key, never the key itself
+    value: bytes
+    ttl_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class TurnWrite:
     """One atomic change to a session's history.
 
@@ -106,6 +118,7 @@ class TurnWrite:
     title_hint: str | None = None  # set as title if the session has none
     create: NewSession | None = None  # create the session if it does not exist
     lease_token: str | None = None  # released by the commit, in the same atomic step, if still held
+    idempotent: IdempotentReply | None = None  # kept with the turn when it is written
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,8 +150,14 @@ class Store(Protocol):
         Keys the credential hash when no ``scope_secret`` is configured.
         """
 
-    async def load(self, scope: str, session_id: str, lease: Lease | None = None) -> SessionSnapshot | None:
+    async def load(
+        self, scope: str, session_id: str, lease: Lease | None = None, idempotency_key: str | None = None
+    ) -> SessionSnapshot | None:
         """The session's status and replay history; None if it does not exist.
+
+        With ``idempotency_key``, a live reply a committed turn kept under that key (see
+        ``TurnWrite.idempotent``) is returned in ``idempotent`` first, lease or not, and
+        nothing else is done or read.
 
         For an active session this is also the chat request's admission, atomically: if a
         limit refuses it, the snapshot says so in ``retry_after`` / ``limited_by`` and
@@ -159,7 +178,8 @@ class Store(Protocol):
         - session ended / expired: change nothing, return "ended" / "expired".
         Updates last_active_at, message_count, usage, the inactivity TTL, and expires_at
         when the session expires relative to its last activity. A session created here is
-        listed in the scope's index.
+        listed in the scope's index. ``write.idempotent`` is kept only when the turn is written
+        ("ok"), replacing a reply kept under the same key; expired ones are dropped.
         """
 
     async def create(
@@ -205,13 +225,13 @@ class Store(Protocol):
         """The whole history, oldest first; None if the session does not exist."""
 
     async def clear(self, scope: str, session_id: str) -> SessionRecord | None:
-        """Remove every message, keep the session (title, usage, ...). None if it does not exist."""
+        """Remove every message and kept reply, keep the session (title, usage, ...). None if absent."""
 
     async def end(self, scope: str, session_id: str) -> SessionRecord | None:
         """Mark it ended (read-only). None if it does not exist."""
 
     async def delete(self, scope: str, session_id: str) -> bool:
-        """Delete it, all its messages and its index entry. False if it did not exist."""
+        """Delete it, its messages, its kept replies and its index entry. False if it did not exist."""
 
     async def renew_lease(self, scope: str, session_id: str, lease: Lease) -> bool:
         """Extend the lease by ``lease.ttl_ms`` if ``lease.token`` still holds it; False if not."""

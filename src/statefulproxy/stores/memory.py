@@ -9,81 +9,25 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Literal
 
 from ..errors import SessionBusy
 from .base import (
     DROP_ALL,
     CommitResult,
-    ExpiresAfter,
     Lease,
     NewSession,
-    SessionLimits,
     SessionRecord,
     SessionSnapshot,
     SessionStatus,
     StoredMessage,
     TurnWrite,
 )
+from .memory_session import MemorySession
 
 # An occasional sweep drops dead sessions nobody asks for again; at most this often.
 _MAX_SWEEP_INTERVAL = 60.0
-_WINDOW_MS = 60_000  # the sliding window of max_requests_per_1_minute
-_NO_DEADLINE_RETRY = 86400  # retry_after of a capped session that never goes away
-
-LimitedBy = Literal["max_requests_per_1_minute", "max_requests"]
-
-
-@dataclass(slots=True)
-class _Session:
-    created_at: int
-    last_active_at: int
-    title: str | None
-    metadata: dict[str, str]
-    deadline: float  # clock() value after which the idle session is gone
-    expires_after: ExpiresAfter | None = None
-    limits: SessionLimits = field(default_factory=SessionLimits)
-    ended: bool = False
-    leading_system: int = 0
-    request_count: int = 0
-    usage: dict[str, int] = field(default_factory=dict)
-    messages: list[StoredMessage] = field(default_factory=list)
-    window: deque[int] = field(default_factory=deque)  # ms of the requests admitted in the last minute
-
-    @property
-    def expires_at(self) -> int | None:
-        # last_active_at moves only with a turn, so this is also "recomputed at every commit"
-        after = self.expires_after
-        if after is None:
-            return None
-        return (self.created_at if after.anchor == "created_at" else self.last_active_at) + after.seconds
-
-    def status(self, now: float) -> SessionStatus:
-        if self.ended:
-            return "ended"
-        expires_at = self.expires_at
-        if expires_at is not None and now >= expires_at:
-            return "expired"
-        return "active"
-
-    def record(self, session_id: str, now: float) -> SessionRecord:
-        return SessionRecord(
-            id=session_id,
-            status=self.status(now),
-            title=self.title,
-            message_count=len(self.messages),
-            created_at=self.created_at,
-            last_active_at=self.last_active_at,
-            expires_at=self.expires_at,
-            metadata=dict(self.metadata),
-            usage=dict(self.usage),
-            expires_after=self.expires_after,
-            limits=self.limits,
-            request_count=self.request_count,
-        )
 
 
 class MemoryStore:
@@ -101,7 +45,7 @@ class MemoryStore:
     def __init__(self, *, ttl: float | None = None, clock: Callable[[], float] = time.time) -> None:
         self._ttl = ttl
         self._clock = clock
-        self._sessions: dict[tuple[str, str], _Session] = {}
+        self._sessions: dict[tuple[str, str], MemorySession] = {}
         # per scope, its session ids in creation order (dicts keep insertion order)
         self._index: dict[str, dict[str, None]] = {}
         self._secrets: dict[str, tuple[str, str, float]] = {}
@@ -128,20 +72,26 @@ class MemoryStore:
     async def scope_secret(self) -> bytes:
         return self._secret
 
-    async def load(self, scope: str, session_id: str, lease: Lease | None = None) -> SessionSnapshot | None:
+    async def load(
+        self, scope: str, session_id: str, lease: Lease | None = None, idempotency_key: str | None = None
+    ) -> SessionSnapshot | None:
         now = self._clock()
         if lease is not None:
             _check_ttl(lease)
-            if self._holder(scope, session_id, now) not in (None, lease.token):
-                raise SessionBusy(f"session {session_id!r} is busy: another turn holds its lease")
         session = self._lookup(scope, session_id, now)
+        if session is not None and idempotency_key is not None:
+            kept = session.kept_reply(idempotency_key, now)
+            if kept is not None:
+                return SessionSnapshot(session_id, session.status(now), [], 0, idempotent=kept)
+        if lease is not None and self._holder(scope, session_id, now) not in (None, lease.token):
+            raise SessionBusy(f"session {session_id!r} is busy: another turn holds its lease")
         if session is None:
             if lease is not None:  # a first turn: the next one on this id waits for it
                 self._leases[scope, session_id] = (lease.token, now + lease.ttl_ms / 1000)
             return None
         status = session.status(now)
         if status == "active":
-            refused = self._admit(session, now)
+            refused = session.admit(now)
             if refused is not None:  # over a limit: the history is not needed
                 return SessionSnapshot(session_id, status, [], 0, *refused)
             session.deadline = self._deadline(now)
@@ -185,6 +135,8 @@ class MemoryStore:
             session.title = write.title_hint
         session.last_active_at = int(now)
         session.deadline = self._deadline(now)
+        if write.idempotent is not None:
+            session.keep(write.idempotent, now)
         return "ok"
 
     async def create(
@@ -276,6 +228,7 @@ class MemoryStore:
         if session.status(now) == "active":
             session.messages = []
             session.leading_system = 0
+            session.kept.clear()
         return session.record(session_id, now)
 
     async def end(self, scope: str, session_id: str) -> SessionRecord | None:
@@ -329,29 +282,8 @@ class MemoryStore:
         if self._holder(scope, session_id, now) == token:
             del self._leases[scope, session_id]
 
-    def _admit(self, session: _Session, now: float) -> tuple[int, LimitedBy] | None:
-        """Count one request of an active session, or (retry_after, limit) when a limit refuses it."""
-        limits = session.limits
-        if limits.max_requests is not None and session.request_count >= limits.max_requests:
-            # the cap holds until the session expires or is removed for inactivity
-            expires_at = session.expires_at
-            if expires_at is not None:
-                wait = math.ceil(expires_at - now)
-            else:
-                wait = _NO_DEADLINE_RETRY if self._ttl is None else math.ceil(session.deadline - now)
-            return max(wait, 1), "max_requests"
-        if limits.max_requests_per_1_minute is not None:
-            now_ms, window = round(now * 1000), session.window
-            while window and window[0] <= now_ms - _WINDOW_MS:
-                window.popleft()
-            if len(window) >= limits.max_requests_per_1_minute:
-                return max(-((now_ms - window[0] - _WINDOW_MS) // 1000), 1), "max_requests_per_1_minute"
-            window.append(now_ms)
-        session.request_count += 1
-        return None
-
-    def _add(self, scope: str, session_id: str, new: NewSession, now: float) -> _Session:
-        session = _Session(
+    def _add(self, scope: str, session_id: str, new: NewSession, now: float) -> MemorySession:
+        session = MemorySession(
             created_at=int(now),
             last_active_at=int(now),
             title=new.title or None,
@@ -374,7 +306,7 @@ class MemoryStore:
     def _deadline(self, now: float) -> float:
         return math.inf if self._ttl is None else now + self._ttl
 
-    def _lookup(self, scope: str, session_id: str, now: float) -> _Session | None:
+    def _lookup(self, scope: str, session_id: str, now: float) -> MemorySession | None:
         """The live session, dropping it if it has been idle past the TTL."""
         self._maybe_sweep(now)
         session = self._sessions.get((scope, session_id))

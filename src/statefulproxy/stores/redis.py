@@ -1,7 +1,8 @@
-"""The Redis store: per session a hash, a list, a rate window and a lease, each change one Lua script.
+"""The Redis store: per session a hash, a list, a rate window, a lease and kept replies; one Lua script per change.
 
-Session keys are ``<prefix>:{<h>}:meta`` (hash), ``:msgs`` (list), ``:window`` (sorted set) and
-``:lease`` (the holding turn's token, always with a PX TTL), ``h`` a hash of (scope, session id):
+Session keys are ``<prefix>:{<h>}:meta`` (hash), ``:msgs`` (list), ``:window`` (sorted set),
+``:lease`` (the holding turn's token, always with a PX TTL) and ``:kept`` / ``:kept_until``
+(replies kept under idempotency keys, and when each expires), ``h`` a hash of (scope, session id):
 no raw id or credential hash ever names a key, and the shared ``{h}`` tag keeps each script on one
 Redis Cluster slot. A list element is ``replay + b"\\n" + info`` (orjson never emits a raw newline).
 ``now`` comes from the injected clock, never from Redis ``TIME`` (but lease TTLs are Redis PX times).
@@ -21,31 +22,27 @@ import hashlib
 import os
 import ssl
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, cast
 
 import orjson
 from redis.asyncio.connection import SSLConnection, parse_url
 
-from ..errors import ConfigError, SessionBusy, StoreError
+from ..errors import ConfigError, SessionBusy
 from . import redis_scripts as lua
 from .base import (
     CommitResult,
-    ExpiresAfter,
-    ExpiryAnchor,
     Lease,
     NewSession,
-    SessionLimits,
     SessionRecord,
     SessionSnapshot,
     SessionStatus,
     StoredMessage,
     TurnWrite,
 )
+from .redis_codec import USAGE, encode, lease_args, new_fields, optional, session_record, translate_errors
 from .resp import RespAddress, RespClient, RespError, Script
 
-_USAGE = "u:"  # meta field prefix of each usage counter
 _BATCH = 100  # index entries read per listing round trip, once the first batch is not enough
 
 
@@ -90,7 +87,7 @@ class RedisStore:
 
     async def open(self) -> None:
         """Check that Redis answers and preload the scripts; StoreError if it does not."""
-        with _translate_errors("open"):
+        with translate_errors("open"):
             await asyncio.gather(*(self._client.execute(b"SCRIPT", b"LOAD", s.source) for s in self._scripts))
 
     async def aclose(self) -> None:
@@ -105,18 +102,22 @@ class RedisStore:
     async def scope_secret(self) -> bytes:
         if self._secret is None:
             key = f"{self._prefix}:secret"
-            with _translate_errors("scope_secret"):
+            with translate_errors("scope_secret"):
                 self._secret = bytes(await self._client.run_script(self._secret_script, (key,), (os.urandom(32),)))
         return self._secret
 
-    async def load(self, scope: str, session_id: str, lease: Lease | None = None) -> SessionSnapshot | None:
+    async def load(
+        self, scope: str, session_id: str, lease: Lease | None = None, idempotency_key: str | None = None
+    ) -> SessionSnapshot | None:
         now = self._clock()
-        args = (int(now), round(now * 1000), self._ttl_ms, *_lease_args(lease))
+        args = (int(now), round(now * 1000), self._ttl_ms, idempotency_key or "", *lease_args(lease))
         found = await self._run("load", self._load, scope, session_id, *args)
         if found is None:
             return None
         if isinstance(found, bytes):  # b"busy"
             raise SessionBusy(f"session {session_id!r} is busy: another turn holds its lease")
+        if found[0] == b"kept":
+            return SessionSnapshot(session_id, cast(SessionStatus, found[1].decode()), [], 0, idempotent=found[2])
         status, leading_system, elements, *refused = found
         if refused:  # over a limit: the history is not needed
             limited_by = cast(Literal["max_requests_per_1_minute", "max_requests"], refused[1].decode())
@@ -127,14 +128,17 @@ class RedisStore:
     async def commit(self, scope: str, session_id: str, write: TurnWrite) -> CommitResult:
         new = write.create
         args: list[Any] = [int(self._clock()), self._ttl_ms, write.drop_leading, write.tail_leading_system]
-        args.append(_optional(write.title_hint))
-        args += ["0", "-", "", "", "", "", "", ""] if new is None else ["1", *_new_fields(new, args[0])]
-        args += [_optional(write.lease_token), len(write.usage)]
+        args.append(optional(write.title_hint))
+        args += ["0", "-", "", "", "", "", "", ""] if new is None else ["1", *new_fields(new, args[0])]
+        kept = write.idempotent
+        args.append(optional(write.lease_token))
+        args += ["-", "", "", ""] if kept is None else [kept.key, kept.value, round(self._clock() * 1000), kept.ttl_ms]
+        args.append(len(write.usage))
         for name, tokens in write.usage.items():
-            args += [_USAGE + name, int(tokens)]
+            args += [USAGE + name, int(tokens)]
         args.append(len(write.head))
-        args += _encode(write.head)
-        args += _encode(write.tail)
+        args += encode(write.head)
+        args += encode(write.tail)
         if new is None:  # a plain turn: no index work
             result = await self._run("commit", self._commit, scope, session_id, *args)
             return cast(CommitResult, result.decode())
@@ -154,7 +158,7 @@ class RedisStore:
         leading_system: int = 0,
     ) -> SessionRecord | None:
         now = int(self._clock())
-        args = (now, self._ttl_ms, *_new_fields(new, now), leading_system, *_encode(messages))
+        args = (now, self._ttl_ms, *new_fields(new, now), leading_system, *encode(messages))
         write = self._client.run_script(self._create, self._keys(scope, session_id), args)
         listed, flat = await self._index_then("create", scope, session_id, write)
         if flat is None:
@@ -163,7 +167,7 @@ class RedisStore:
         return self._record(session_id, flat)
 
     async def get(self, scope: str, session_id: str) -> SessionRecord | None:
-        with _translate_errors("get"):
+        with translate_errors("get"):
             flat = await self._client.execute(b"HGETALL", self._keys(scope, session_id)[0])
         return self._record(session_id, flat) if flat else None
 
@@ -185,7 +189,7 @@ class RedisStore:
         backwards = before is not None and after is None
         first, last = (before, None) if backwards else (after, before)
         cursors = [cursor for cursor in (first, last) if cursor is not None]
-        with _translate_errors("list_sessions"):
+        with translate_errors("list_sessions"):
             scores = await asyncio.gather(*(self._client.execute(b"ZSCORE", index, cursor) for cursor in cursors))
         if None in scores:
             return None
@@ -197,7 +201,7 @@ class RedisStore:
         dead: list[bytes] = []
         batch = limit + 1 if status is None and not metadata else max(limit + 1, _BATCH)
         command = b"ZREVRANGEBYSCORE" if descending else b"ZRANGEBYSCORE"
-        with _translate_errors("list_sessions"):
+        with translate_errors("list_sessions"):
             while len(found) <= limit:
                 flat = await self._client.execute(
                     command, index, start_bound, stop_bound, b"WITHSCORES", b"LIMIT", 0, batch
@@ -230,7 +234,7 @@ class RedisStore:
         self, scope: str, session_id: str, *, title: str | None = None, metadata: dict[str, str] | None = None
     ) -> SessionRecord | None:
         encoded = "-" if metadata is None else b"+" + orjson.dumps(metadata)
-        flat = await self._run("update", self._update, scope, session_id, _optional(title), encoded)
+        flat = await self._run("update", self._update, scope, session_id, optional(title), encoded)
         return None if flat is None else self._record(session_id, flat)
 
     async def messages(self, scope: str, session_id: str) -> list[StoredMessage] | None:
@@ -251,40 +255,40 @@ class RedisStore:
         # the session first: an index entry left alone is harmless, a session without one is not
         deleted = self._client.run_script(self._delete, self._keys(scope, session_id), ())
         unlisted = self._client.execute(b"ZREM", self._index_keys(scope)[0], session_id)
-        with _translate_errors("delete"):
+        with translate_errors("delete"):
             existed, _ = await asyncio.gather(deleted, unlisted)
         return bool(existed)
 
     async def renew_lease(self, scope: str, session_id: str, lease: Lease) -> bool:
-        return bool(await self._run("renew_lease", self._renew_lease, scope, session_id, *_lease_args(lease)))
+        return bool(await self._run("renew_lease", self._renew_lease, scope, session_id, *lease_args(lease)))
 
     async def release_lease(self, scope: str, session_id: str, token: str) -> None:
         await self._run("release_lease", self._release_lease, scope, session_id, token)
 
     async def put_client_secret(self, secret_hash: str, scope: str, session_id: str, ttl: float) -> None:
         key, value = f"{self._prefix}:cs:{secret_hash}", f"{scope}\n{session_id}"
-        with _translate_errors("put_client_secret"):
+        with translate_errors("put_client_secret"):
             await self._client.execute(b"SET", key, value, b"PX", max(round(ttl * 1000), 1))
 
     async def client_secret(self, secret_hash: str) -> tuple[str, str] | None:
-        with _translate_errors("client_secret"):
+        with translate_errors("client_secret"):
             value = await self._client.execute(b"GET", f"{self._prefix}:cs:{secret_hash}")
         if value is None:
             return None
         scope, _, session_id = value.decode().partition("\n")
         return scope, session_id
 
-    def _keys(self, scope: str, session_id: str) -> tuple[str, str, str, str]:
+    def _keys(self, scope: str, session_id: str) -> tuple[str, ...]:
         digest = hashlib.blake2b(f"{scope}\0{session_id}".encode(), digest_size=16).hexdigest()
         base = f"{self._prefix}:{{{digest}}}"
-        return f"{base}:meta", f"{base}:msgs", f"{base}:window", f"{base}:lease"
+        return f"{base}:meta", f"{base}:msgs", f"{base}:window", f"{base}:lease", f"{base}:kept", f"{base}:kept_until"
 
     def _index_keys(self, scope: str) -> tuple[str, str]:
         digest = hashlib.blake2b(scope.encode(), digest_size=16).hexdigest()
         return f"{self._prefix}:{{i{digest}}}:index", f"{self._prefix}:{{i{digest}}}:seq"
 
     async def _run(self, operation: str, script: Script, scope: str, session_id: str, *args: Any) -> Any:
-        with _translate_errors(operation):
+        with translate_errors(operation):
             return await self._client.run_script(script, self._keys(scope, session_id), args)
 
     async def _index_then(self, operation: str, scope: str, session_id: str, write: Any) -> tuple[bool, Any]:
@@ -292,7 +296,7 @@ class RedisStore:
         # RespClient writes each command as its task starts, and gather starts them in order.
         index, seq = self._index_keys(scope)
         listed = self._client.execute(b"EVAL", self._index_add, 2, index, seq, session_id, b"0")
-        with _translate_errors(operation):
+        with translate_errors(operation):
             added, result = await asyncio.gather(listed, write)
         return bool(added), result
 
@@ -300,81 +304,15 @@ class RedisStore:
         # Created, but its id was listed already: a dead namesake's entry. Move it to the newest.
         if not listed:
             index, seq = self._index_keys(scope)
-            with _translate_errors("create"):
+            with translate_errors("create"):
                 await self._client.execute(b"EVAL", self._index_add, 2, index, seq, session_id, b"1")
 
     def _record(self, session_id: str, flat: list[bytes]) -> SessionRecord:
-        fields = dict(zip(flat[::2], flat[1::2], strict=True))
-        expires_at = int(fields[b"expires_at"]) if fields.get(b"expires_at") else None
-        status: SessionStatus = "active"
-        if fields[b"status"] == b"ended":
-            status = "ended"
-        elif expires_at is not None and self._clock() >= expires_at:
-            status = "expired"
-        title, anchor = fields.get(b"title"), fields.get(b"anchor")
-        after = ExpiresAfter(cast(ExpiryAnchor, anchor.decode()), int(fields[b"expires_after"])) if anchor else None
-        return SessionRecord(
-            id=session_id,
-            status=status,
-            title=None if title is None else title.decode(),
-            message_count=int(fields[b"message_count"]),
-            created_at=int(fields[b"created_at"]),
-            last_active_at=int(fields[b"last_active_at"]),
-            expires_at=expires_at,
-            metadata=orjson.loads(fields[b"metadata"]),
-            usage={k[len(_USAGE) :].decode(): int(v) for k, v in fields.items() if k.startswith(_USAGE.encode())},
-            expires_after=after,
-            limits=SessionLimits(_int(fields.get(b"rpm")), _int(fields.get(b"max_requests"))),
-            request_count=int(fields.get(b"request_count") or 0),
-        )
+        return session_record(session_id, flat, self._clock())
 
 
 def _has(fields: dict[str, str], wanted: dict[str, str] | None) -> bool:
     return not wanted or all(fields.get(key) == value for key, value in wanted.items())
-
-
-def _new_fields(new: NewSession, now: int) -> list[Any]:
-    """The create fields of the scripts (see redis_scripts._CREATE_META)."""
-    after, limits = new.expires_after, new.limits
-    return [
-        _optional(new.title or None),
-        orjson.dumps(new.metadata),
-        "" if after is None else now + after.seconds,
-        "" if after is None else after.anchor,
-        "" if after is None else after.seconds,
-        "" if limits.max_requests_per_1_minute is None else limits.max_requests_per_1_minute,
-        "" if limits.max_requests is None else limits.max_requests,
-    ]
-
-
-def _lease_args(lease: Lease | None) -> tuple[str, int] | tuple[()]:
-    if lease is not None and lease.ttl_ms < 1:  # SET PX 0 is an error, and a lease without a TTL never goes
-        raise ValueError(f"a lease needs a positive ttl_ms, not {lease.ttl_ms!r}")
-    return () if lease is None else (lease.token, lease.ttl_ms)
-
-
-def _int(value: bytes | None) -> int | None:
-    return int(value) if value else None
-
-
-@contextmanager
-def _translate_errors(operation: str) -> Iterator[None]:
-    try:
-        yield
-    except (RespError, OSError) as exc:  # ConnectionError and TimeoutError are OSErrors
-        raise StoreError(f"redis store: {operation} failed: {exc or type(exc).__name__}") from exc
-
-
-def _optional(text: str | None) -> str:
-    # Lua cannot tell an absent argument from an empty one: "-" is None, "+..." a value.
-    return "-" if text is None else "+" + text
-
-
-def _encode(messages: Sequence[StoredMessage]) -> list[bytes]:
-    for message in messages:
-        if b"\n" in message.replay:
-            raise ValueError("replay bytes must be compact JSON without a raw newline")
-    return [message.replay + b"\n" + message.info for message in messages]
 
 
 def address_from_url(url: str) -> RespAddress:

@@ -1,8 +1,9 @@
 """The Redis store's Lua scripts, as source text (stores/redis.py runs them).
 
 Session scripts take KEYS meta (hash), msgs (list), window (sorted set of the admitted
-requests of the last minute) and lease (string: the holding turn's token, always with a
-PX TTL), all under one ``{h}`` hash tag. ``now`` is unix seconds
+requests of the last minute), lease (string: the holding turn's token, always with a
+PX TTL), kept (hash: idempotency key -> kept reply) and kept_until (sorted set: each kept
+key scored by the unix ms it expires at), all under one ``{h}`` hash tag. ``now`` is unix seconds
 from the proxy's clock, ``now_ms`` the same instant in milliseconds. Meta fields:
 status, title, created_at, last_active_at, expires_at ("" none), anchor ("",
 "created_at", "last_active_at"), expires_after (seconds), rpm and max_requests ("" none),
@@ -26,7 +27,7 @@ end
 # rpm, max_requests. Leftover list and window keys of a dead session are stale: drop them.
 _CREATE_META = """
 local function create_meta(now, i)
-  redis.call('DEL', KEYS[2], KEYS[3])
+  redis.call('DEL', KEYS[2], KEYS[3], KEYS[5], KEYS[6])
   redis.call('HSET', KEYS[1], 'status', 'active', 'created_at', now, 'last_active_at', now,
     'metadata', ARGV[i + 1], 'expires_at', ARGV[i + 2], 'anchor', ARGV[i + 3], 'expires_after', ARGV[i + 4],
     'rpm', ARGV[i + 5], 'max_requests', ARGV[i + 6], 'request_count', 0, 'leading_system', 0, 'message_count', 0)
@@ -45,29 +46,37 @@ local function append(first)
 end
 """
 
-# ARGV: now, now_ms, ttl_ms[, lease token, lease ttl_ms]. -> false | {status, leading_system,
-# messages} | refused: {status, 0, {}, retry_after, limited_by} | 'busy' (another token holds
-# the lease: nothing done). A session without limits skips all limit work. The lease is taken
-# for an absent session (its first turn) and for an admitted active one, never otherwise.
+# ARGV: now, now_ms, ttl_ms, kept key ("" none)[, lease token, lease ttl_ms]. -> false |
+# {status, leading_system, messages} | refused: {status, 0, {}, retry_after, limited_by} |
+# {'kept', status, value} (nothing else done) | 'busy' (another token holds the lease: nothing
+# done). A session without limits skips all limit work. The lease is taken for an absent
+# session (its first turn) and for an admitted active one, never otherwise.
 LOAD = (
     _REFRESH
     + """
-local leasing = #ARGV > 3
-if leasing then
-  local holder = redis.call('GET', KEYS[4])
-  if holder and holder ~= ARGV[4] then return 'busy' end
-end
-local function take_lease()
-  if leasing then redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[5]) end
+local m = redis.call('HMGET', KEYS[1], 'status', 'expires_at', 'leading_system', 'rpm', 'max_requests')
+local now, expires_at = tonumber(ARGV[1]), tonumber(m[2])
+if m[1] == 'active' and expires_at and now >= expires_at then m[1] = 'expired' end
+if m[1] and ARGV[4] ~= '' then
+  local until_ms = redis.call('ZSCORE', KEYS[6], ARGV[4])
+  if until_ms and tonumber(until_ms) > tonumber(ARGV[2]) then
+    return {'kept', m[1], redis.call('HGET', KEYS[5], ARGV[4])}
+  end
 end
 
-local m = redis.call('HMGET', KEYS[1], 'status', 'expires_at', 'leading_system', 'rpm', 'max_requests')
+local leasing = #ARGV > 4
+if leasing then
+  local holder = redis.call('GET', KEYS[4])
+  if holder and holder ~= ARGV[5] then return 'busy' end
+end
+local function take_lease()
+  if leasing then redis.call('SET', KEYS[4], ARGV[5], 'PX', ARGV[6]) end
+end
+
 if not m[1] then
   take_lease()
   return false
 end
-local now, expires_at = tonumber(ARGV[1]), tonumber(m[2])
-if m[1] == 'active' and expires_at and now >= expires_at then m[1] = 'expired' end
 if m[1] ~= 'active' then return {m[1], m[3], redis.call('LRANGE', KEYS[2], 0, -1)} end
 
 local rpm, max_requests = tonumber(m[4]), tonumber(m[5])
@@ -104,10 +113,12 @@ return {m[1], m[3], redis.call('LRANGE', KEYS[2], 0, -1)}
 
 # ARGV: [1] now, [2] ttl_ms, [3] drop_leading, [4] tail_leading_system, [5] title_hint
 # ("-"/"+t"), [6] create "0"/"1", [7..13] create fields, [14] lease token ("-"/"+token"),
-# [15] usage pair count, usage name/value pairs, head count, head elements, tail elements.
+# [15] kept key ("-" none), [16] kept value, [17] now_ms, [18] kept ttl_ms, [19] usage pair
+# count, usage name/value pairs, head count, head elements, tail elements.
 # -> ok | new | missing | ended | expired. Whatever the result, the lease is released if the
 # token still holds it; a turn that lost its lease is still written (it happened), but the
-# lease of the turn that took it over is left alone.
+# lease of the turn that took it over is left alone. The reply is kept only with a written
+# turn; the kept keys expire with their newest entry, and never after the session would.
 COMMIT = (
     _REFRESH
     + _CREATE_META
@@ -134,8 +145,8 @@ end
 
 -- Usage first: a script that fails midway keeps what it wrote, so do the one write that
 -- can fail (HINCRBY overflow) before touching the history.
-local i = 16 + 2 * tonumber(ARGV[15])
-for j = 16, i - 1, 2 do redis.call('HINCRBY', meta, ARGV[j], ARGV[j + 1]) end
+local i = 20 + 2 * tonumber(ARGV[19])
+for j = 20, i - 1, 2 do redis.call('HINCRBY', meta, ARGV[j], ARGV[j + 1]) end
 
 local len = redis.call('LLEN', msgs)
 local drop = tonumber(ARGV[3])  -- negative: DROP_ALL
@@ -172,6 +183,20 @@ if ARGV[5] ~= '-' and redis.call('HEXISTS', meta, 'title') == 0 then
   redis.call('HSET', meta, 'title', string.sub(ARGV[5], 2))
 end
 refresh(ARGV[2], m[5] and m[5] ~= '')
+if ARGV[15] ~= '-' then
+  local now_ms, kept_ms = tonumber(ARGV[17]), tonumber(ARGV[18])
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now_ms)
+  if #gone > 0 then
+    redis.call('HDEL', KEYS[5], unpack(gone))
+    redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now_ms)
+  end
+  redis.call('HSET', KEYS[5], ARGV[15], ARGV[16])
+  redis.call('ZADD', KEYS[6], now_ms + kept_ms, ARGV[15])
+  local ttl_ms = tonumber(ARGV[2])
+  if ttl_ms > 0 and ttl_ms < kept_ms then kept_ms = ttl_ms end
+  redis.call('PEXPIRE', KEYS[5], kept_ms)
+  redis.call('PEXPIRE', KEYS[6], kept_ms)
+end
 if created then return done('new') end
 return done('ok')
 """
@@ -207,7 +232,7 @@ local m = redis.call('HMGET', KEYS[1], 'status', 'expires_at')
 if not m[1] then return false end
 local expires_at = tonumber(m[2])
 if m[1] == 'active' and not (expires_at and tonumber(ARGV[1]) >= expires_at) then
-  redis.call('DEL', KEYS[2])
+  redis.call('DEL', KEYS[2], KEYS[5], KEYS[6])
   redis.call('HSET', KEYS[1], 'message_count', 0, 'leading_system', 0)
 end
 return redis.call('HGETALL', KEYS[1])
@@ -227,7 +252,7 @@ return redis.call('HGETALL', KEYS[1])
 # The lease is left alone: the turn holding it releases it, or it expires.
 DELETE = """
 local existed = redis.call('DEL', KEYS[1])
-redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[5], KEYS[6])
 return existed
 """
 

@@ -1,0 +1,95 @@
+"""What the Redis store writes and reads: argument encodings, records, errors, and the URL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, cast
+
+import orjson
+
+from ..errors import StoreError
+from .base import (
+    ExpiresAfter,
+    ExpiryAnchor,
+    Lease,
+    NewSession,
+    SessionLimits,
+    SessionRecord,
+    SessionStatus,
+    StoredMessage,
+)
+from .resp import RespError
+
+USAGE = "u:"  # meta field prefix of each usage counter
+
+
+def session_record(session_id: str, flat: list[bytes], now: float) -> SessionRecord:
+    """The record of a meta hash's HGETALL reply."""
+    fields = dict(zip(flat[::2], flat[1::2], strict=True))
+    expires_at = int(fields[b"expires_at"]) if fields.get(b"expires_at") else None
+    status: SessionStatus = "active"
+    if fields[b"status"] == b"ended":
+        status = "ended"
+    elif expires_at is not None and now >= expires_at:
+        status = "expired"
+    title, anchor = fields.get(b"title"), fields.get(b"anchor")
+    after = ExpiresAfter(cast(ExpiryAnchor, anchor.decode()), int(fields[b"expires_after"])) if anchor else None
+    return SessionRecord(
+        id=session_id,
+        status=status,
+        title=None if title is None else title.decode(),
+        message_count=int(fields[b"message_count"]),
+        created_at=int(fields[b"created_at"]),
+        last_active_at=int(fields[b"last_active_at"]),
+        expires_at=expires_at,
+        metadata=orjson.loads(fields[b"metadata"]),
+        usage={k[len(USAGE) :].decode(): int(v) for k, v in fields.items() if k.startswith(USAGE.encode())},
+        expires_after=after,
+        limits=SessionLimits(_int(fields.get(b"rpm")), _int(fields.get(b"max_requests"))),
+        request_count=int(fields.get(b"request_count") or 0),
+    )
+
+
+def new_fields(new: NewSession, now: int) -> list[Any]:
+    """The create fields of the scripts (see redis_scripts._CREATE_META)."""
+    after, limits = new.expires_after, new.limits
+    return [
+        optional(new.title or None),
+        orjson.dumps(new.metadata),
+        "" if after is None else now + after.seconds,
+        "" if after is None else after.anchor,
+        "" if after is None else after.seconds,
+        "" if limits.max_requests_per_1_minute is None else limits.max_requests_per_1_minute,
+        "" if limits.max_requests is None else limits.max_requests,
+    ]
+
+
+def lease_args(lease: Lease | None) -> tuple[str, int] | tuple[()]:
+    if lease is not None and lease.ttl_ms < 1:  # SET PX 0 is an error, and a lease without a TTL never goes
+        raise ValueError(f"a lease needs a positive ttl_ms, not {lease.ttl_ms!r}")
+    return () if lease is None else (lease.token, lease.ttl_ms)
+
+
+def _int(value: bytes | None) -> int | None:
+    return int(value) if value else None
+
+
+@contextmanager
+def translate_errors(operation: str) -> Iterator[None]:
+    try:
+        yield
+    except (RespError, OSError) as exc:  # ConnectionError and TimeoutError are OSErrors
+        raise StoreError(f"redis store: {operation} failed: {exc or type(exc).__name__}") from exc
+
+
+def optional(text: str | None) -> str:
+    # Lua cannot tell an absent argument from an empty one: "-" is None, "+..." a value.
+    return "-" if text is None else "+" + text
+
+
+def encode(messages: Sequence[StoredMessage]) -> list[bytes]:
+    for message in messages:
+        if b"\n" in message.replay:
+            raise ValueError("replay bytes must be compact JSON without a raw newline")
+    return [message.replay + b"\n" + message.info for message in messages]
