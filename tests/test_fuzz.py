@@ -45,7 +45,6 @@ SETTINGS = settings_from_mapping(
         "max_body_size": 16 * 1024,
         "max_headers": 24,
         "max_header_bytes": 2048,
-        "max_json_depth": 32,
         "on_busy": "reject",  # requests run one at a time: a busy session would be a leaked lease
         "upstream_api_key": "sk-upstream",
     },

@@ -14,7 +14,7 @@ LAYERS = {
     "errors": 0, "types": 0, "messages": 1, "identity": 1, "sse": 0, "assemble": 1, "settings": 2, "settings_values": 0,
     "guards": 1,
     "stores.base": 0, "stores.resp": 0, "stores.redis_scripts": 0, "splice": 2, "recorder": 2,
-    "stores.memory_session": 1, "stores.redis_codec": 1,
+    "stores.memory_session": 1, "stores.redis_codec": 1, "idempotency": 2, "turn_writes": 3,
     # adapters
     "stores": 4, "stores.memory": 3, "stores.redis": 3, "upstream": 3,
     # ASGI

@@ -156,7 +156,8 @@ def test_every_key_has_an_environment_variable() -> None:
         "STATEFULPROXY_ON_STORE_ERROR": "passthrough",
         "STATEFULPROXY_MAX_HEADERS": "50",
         "STATEFULPROXY_MAX_HEADER_BYTES": "8KiB",
-        "STATEFULPROXY_MAX_JSON_DEPTH": "64",
+        "STATEFULPROXY_STORE_TIMEOUT": "500ms",
+        "STATEFULPROXY_IDEMPOTENCY_TTL": "1h",
         "STATEFULPROXY_LOG_LEVEL": "DEBUG",
         "STATEFULPROXY_ACCESS_LOG": "True",
     }
@@ -185,7 +186,8 @@ def test_every_key_has_an_environment_variable() -> None:
         on_store_error="passthrough",
         max_headers=50,
         max_header_bytes=8192,
-        max_json_depth=64,
+        store_timeout=0.5,
+        idempotency_ttl=3600.0,
         log_level="debug",
         access_log=True,
     )
@@ -455,7 +457,8 @@ BAD_VALUES = [
     ("on_store_error", "ignore", "must be one of"),
     ("max_headers", "0", "must be an integer"),
     ("max_header_bytes", "lots", "must be"),
-    ("max_json_depth", "300", "must be an integer"),
+    ("store_timeout", "0", "must be"),
+    ("idempotency_ttl", "none", "must be"),
     ("log_level", "trace", "must be one of 'critical', 'error', 'warning', 'info', 'debug'"),
     ("access_log", "loud", "must be true or false"),
 ]

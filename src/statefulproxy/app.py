@@ -31,7 +31,11 @@ class ProxyApp:
             timeouts=UpstreamTimeouts(connect=settings.connect_timeout, read=settings.read_timeout),
             max_connections=settings.upstream_max_connections,
         )
-        self.store = store if store is not None else store_from_url(settings.store, ttl=settings.session_ttl)
+        self.store = (
+            store
+            if store is not None
+            else store_from_url(settings.store, ttl=settings.session_ttl, timeout=settings.store_timeout)
+        )
         self.sessions = SessionMiddleware(PassthroughApp(self.upstream), self.store, settings=settings)
         self.healthz = settings.health_prefix + "/healthz"
         self.readyz = settings.health_prefix + "/readyz"

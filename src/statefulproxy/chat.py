@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +17,7 @@ import orjson
 
 from .assemble import AssistantReply
 from .errors import ClientError, StoreError
+from .idempotency import IdempotencyKey, idempotency_key
 from .identity import (
     MINTED_PREFIX,
     Grant,
@@ -29,13 +29,14 @@ from .identity import (
     scope_of,
 )
 from .leases import TurnLease
-from .messages import MessageIds, canonical, title_from, validate_messages
+from .messages import MessageIds, validate_messages
 from .replies import send_error, send_failure
 from .retries import completion_body, completion_stream, is_retry, recorded_reply
 from .settings import Settings
 from .splice import TurnPlan, plan_turn
-from .stores.base import NewSession, SessionSnapshot, Store, StoredMessage, TurnWrite
+from .stores.base import IdempotentReply, SessionSnapshot, Store
 from .tap import ResponseTap
+from .turn_writes import turn_write
 from .types import ASGIApp, Headers, Message, Receive, Scope, Send
 
 logger = logging.getLogger("statefulproxy")
@@ -135,17 +136,19 @@ class ChatTurn:
         if "messages" not in parsed:
             raise ClientError(400, "'messages' is required for a session request.", param="messages")
         sent = validate_messages(parsed["messages"])
+        # a turn that is not recorded keeps no reply: its key means nothing here
+        key = idempotency_key(self.scope["headers"], self.body) if record else None
         snapshot: SessionSnapshot | None = None
         lease: TurnLease | None = None
         minted = session_id is None
-        if session_id is None:
-            session_id = mint_session_id()
         # a minted id goes through the store too: its first turn needs the store to be there
         try:
             scope_hash = await self._scope_hash()
+            if session_id is None:
+                session_id = mint_session_id() if key is None else key.session_id(scope_hash)
             if record:
                 lease = TurnLease(self.store, scope_hash, session_id, self.settings)
-                snapshot = await lease.load()
+                snapshot = await lease.load(None if key is None else key.hashed)
             else:
                 snapshot = await self.store.load(scope_hash, session_id)
         except StoreError as exc:
@@ -153,8 +156,12 @@ class ChatTurn:
                 raise
             # configured to degrade: the turn goes upstream without its history, unrecorded
             logger.warning("session store unavailable, forwarding without history: %s", exc)
-            scope_hash, lease, record = "", None, False
+            session_id = session_id or mint_session_id()
+            scope_hash, lease, record, key = "", None, False, None
         else:
+            if snapshot is not None and snapshot.idempotent is not None and key is not None:
+                await self._send_recorded(key.reply(snapshot.idempotent), parsed, session_id)  # no lease taken
+                return
             if snapshot is None and not minted and (session_id.startswith(MINTED_PREFIX) or self.grant is not None):
                 await _release(lease)
                 raise ClientError(
@@ -167,7 +174,7 @@ class ChatTurn:
                     await _release(lease)
                     raise
         try:
-            await self._forward_turn(parsed, sent, session_id, scope_hash, snapshot, lease, record)
+            await self._forward_turn(parsed, sent, session_id, scope_hash, snapshot, lease, record, key)
         finally:
             await _release(lease)
 
@@ -180,6 +187,7 @@ class ChatTurn:
         snapshot: SessionSnapshot | None,
         lease: TurnLease | None,
         record: bool,
+        key: IdempotencyKey | None,
     ) -> None:
         reasoning_field = self.settings.replay_reasoning
         try:
@@ -195,7 +203,7 @@ class ChatTurn:
             if not _too_deep(exc):
                 raise
             raise ClientError(400, "The request body nests too deeply (at most 254 levels).", code="too_deep") from None
-        if snapshot is not None and record and is_retry(self.scope["headers"]):
+        if snapshot is not None and record and key is None and is_retry(self.scope["headers"]):
             reply = recorded_reply(snapshot.replay, plan)
             if reply is not None:
                 await self._send_recorded(reply, parsed, session_id)
@@ -205,12 +213,23 @@ class ChatTurn:
             if not record:
                 return
             try:
-                write = self._turn_write(plan, reply, sent, parsed.get("metadata"), create=snapshot is None)
+                write = turn_write(
+                    plan,
+                    reply,
+                    sent,
+                    parsed.get("metadata"),
+                    create=snapshot is None,
+                    new_id=self.message_ids.new,
+                    reasoning_field=reasoning_field,
+                )
             except orjson.JSONEncodeError as exc:
                 if not _too_deep(exc):
                     raise
                 logger.warning("reply nests too deeply to be stored; turn not recorded")
                 return
+            if key is not None:
+                kept = IdempotentReply(key.hashed, key.keep(write.tail[-1].replay), self.settings.idempotency_ttl_ms)
+                write = dataclasses.replace(write, idempotent=kept)
             if lease is not None:
                 write = dataclasses.replace(write, lease_token=lease.token)
             result = await self.store.commit(scope_hash, session_id, write)
@@ -243,47 +262,6 @@ class ChatTurn:
         ]
         await self.send({"type": "http.response.start", "status": 200, "headers": headers})
         await self.send({"type": "http.response.body", "body": body, "more_body": False})
-
-    def _turn_write(
-        self, plan: TurnPlan, reply: AssistantReply, sent: list[dict[str, Any]], parsed_metadata: object, create: bool
-    ) -> TurnWrite:
-        # info is built by hand: a turn writes several, on the hot path
-        created_at = b'","created_at":' + str(int(time.time())).encode()
-        new_id = self.message_ids.new
-        reasoning_field = self.settings.replay_reasoning
-
-        def stored(replay: bytes) -> StoredMessage:
-            return StoredMessage(replay, b'{"id":"' + new_id() + created_at + b"}")
-
-        message = reply.message
-        if reply.reasoning and reasoning_field != "none":
-            message = {**message, reasoning_field: reply.reasoning}
-        extra: dict[str, Any] = {
-            key: value
-            for key, value in (
-                ("refusal", reply.message.get("refusal")),
-                ("reasoning", reply.reasoning),
-                ("usage", reply.usage),
-                ("finish_reason", reply.finish_reason),
-                ("model", reply.model),
-            )
-            if value is not None
-        }
-        head = [stored(replay) for replay in plan.head]
-        tail = [stored(replay) for replay in plan.tail]
-        answer = stored(canonical(message, reasoning_field))  # ids in history order: the reply's is last
-        if extra:
-            answer = StoredMessage(answer.replay, answer.info[:-1] + b"," + orjson.dumps(extra)[1:])
-        return TurnWrite(
-            head=head,
-            tail=[*tail, answer],
-            drop_leading=plan.drop_leading,
-            tail_leading_system=plan.tail_leading_system,
-            usage=reply.usage or {},
-            # a session with history has its title: only a new or empty one needs the hint
-            title_hint=title_from(sent) if create or plan.mode == "new" else None,
-            create=NewSession(metadata=session_metadata(parsed_metadata)) if create else None,
-        )
 
     def _forward_scope(self, parsed: dict[str, Any], plan: TurnPlan) -> Scope:
         """The scope the app sees: consumed fields and headers removed, history spliced in."""
@@ -371,18 +349,6 @@ def _admit(snapshot: SessionSnapshot) -> None:
             code="rate_limit_exceeded" if per_minute else "max_requests_exceeded",
             headers=[(b"retry-after", str(snapshot.retry_after).encode())],
         )
-
-
-def session_metadata(metadata: object) -> dict[str, str]:
-    """The string pairs of a request's ``metadata``, less the session id, within OpenAI's limits."""
-    if not isinstance(metadata, dict):
-        return {}
-    pairs = [
-        (key, value)
-        for key, value in metadata.items()
-        if key != "session_id" and isinstance(value, str) and len(key) <= 64 and len(value) <= 512
-    ]
-    return dict(pairs[:16])
 
 
 def _too_large(limit: int) -> ClientError:

@@ -39,13 +39,16 @@ class TurnLease:
     def token(self) -> str:
         return self.lease.token
 
-    async def load(self) -> SessionSnapshot | None:
-        """Read the session and take its lease, waiting for it per ``on_busy``."""
+    async def load(self, idempotency_key: str | None = None) -> SessionSnapshot | None:
+        """Read the session and take its lease, waiting for it per ``on_busy``.
+
+        A reply kept under ``idempotency_key`` comes back without a lease, even while busy.
+        """
         deadline = time.monotonic() + self.settings.busy_timeout
         backoff = _FIRST_BACKOFF
         while True:
             try:
-                return await self.store.load(self.scope, self.session_id, self.lease)
+                return await self.store.load(self.scope, self.session_id, self.lease, idempotency_key)
             except SessionBusy:
                 if self.settings.on_busy == "reject" or time.monotonic() + backoff > deadline:
                     raise ClientError(

@@ -49,7 +49,9 @@ class SessionMiddleware:
         self.settings = settings
         self.owns_store = isinstance(store, str)
         self.store: Store = (
-            store_from_url(settings.store, ttl=settings.session_ttl) if isinstance(store, str) else store
+            store_from_url(settings.store, ttl=settings.session_ttl, timeout=settings.store_timeout)
+            if isinstance(store, str)
+            else store
         )
         self.header_names = frozenset(name.encode("latin-1") for name in settings.session_headers)
         self.prefix = settings.sessions_prefix

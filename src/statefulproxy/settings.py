@@ -70,15 +70,20 @@ class Settings:
     busy_timeout: float = 60.0
     lease_ttl: float = 30.0
     on_store_error: OnStoreError = "fail"
+    store_timeout: float = 5.0
+    idempotency_ttl: float = 86400.0
     max_headers: int = 100
     max_header_bytes: int = 64 * 1024
-    max_json_depth: int = 128
     log_level: LogLevel = "info"
     access_log: bool = False
 
     def __post_init__(self) -> None:
         for key, parse in _PARSERS.items():
             object.__setattr__(self, key, _parse(key, parse, getattr(self, key), "Settings()"))
+
+    @property
+    def idempotency_ttl_ms(self) -> int:
+        return max(round(self.idempotency_ttl * 1000), 1)
 
     def __repr__(self) -> str:  # without the secret and store passwords, so it can be logged
         fields = (
@@ -211,10 +216,10 @@ _PARSERS: Final[Mapping[str, Callable[[Any], Any]]] = MappingProxyType(
         "busy_timeout": values.duration(allow_none=False),
         "lease_ttl": values.duration(allow_none=False),
         "on_store_error": values.choice(get_args(OnStoreError)),
+        "store_timeout": values.duration(allow_none=False),
+        "idempotency_ttl": values.duration(allow_none=False),
         "max_headers": values.integer(1, 10_000),
         "max_header_bytes": values.size,
-        # orjson writes at most 254 levels: a deeper body could not be forwarded once rewritten
-        "max_json_depth": values.integer(2, 250),
         "log_level": values.choice(get_args(LogLevel)),
         "access_log": values.boolean,
     }

@@ -51,11 +51,13 @@ def store_from_url(
     ttl: float | None,
     clock: Callable[[], float] = time.time,
     key_prefix: str = "sp",
+    timeout: float = 5.0,
 ) -> Store:
     """The store a ``--store`` URL names: ``memory://``, ``redis://`` or ``rediss://``.
 
-    ``ttl`` is the inactivity TTL in seconds (None: never expire). Nothing connects
-    here; call ``open()``. Raises ConfigError for an unknown scheme or a bad URL.
+    ``ttl`` is the inactivity TTL in seconds (None: never expire); ``timeout`` how long
+    a Redis command may go unanswered before it fails. Nothing connects here; call
+    ``open()``. Raises ConfigError for an unknown scheme or a bad URL.
     """
     scheme = urlsplit(url).scheme.lower()
     if ttl is not None and ttl <= 0:
@@ -67,7 +69,7 @@ def store_from_url(
         from .redis import RedisStore
 
         try:
-            return RedisStore(url, ttl=ttl, clock=clock, key_prefix=key_prefix)
+            return RedisStore(url, ttl=ttl, clock=clock, key_prefix=key_prefix, timeout=timeout)
         except ValueError as exc:
             raise ConfigError(f"store: invalid redis URL: {exc}") from exc
     raise ConfigError(f"store: unknown scheme {scheme!r} (use memory:// or redis://...)")

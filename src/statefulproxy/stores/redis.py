@@ -51,7 +51,8 @@ class RedisStore:
 
     ``url`` is a ``redis://`` or ``rediss://`` URL as redis-py parses it. Nothing
     connects before ``open()`` or the first call. ``ttl`` is the inactivity TTL in
-    seconds (None: keys never expire); ``clock`` returns unix seconds.
+    seconds (None: keys never expire); ``clock`` returns unix seconds; a command
+    unanswered for ``timeout`` seconds fails with StoreError (connecting: at most 2 s).
 
     ``update`` changes ended and expired sessions too (title and metadata are management
     data); ``clear`` changes only active ones. Neither refreshes the inactivity TTL. Every
@@ -66,8 +67,11 @@ class RedisStore:
         ttl: float | None = None,
         clock: Callable[[], float] = time.time,
         key_prefix: str = "sp",
+        timeout: float = 5.0,
     ) -> None:
-        self._client = RespClient(address_from_url(url), connect_timeout=2.0, timeout=5.0)
+        if not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+        self._client = RespClient(address_from_url(url), connect_timeout=min(timeout, 2.0), timeout=timeout)
         self._ttl_ms = 0 if ttl is None else max(round(ttl * 1000), 1)
         self._clock = clock
         self._prefix = key_prefix

@@ -1,0 +1,75 @@
+"""What one chat turn writes to the store: its messages, usage, title hint and new-session fields."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from .assemble import AssistantReply
+from .messages import canonical, title_from
+from .settings import ReplayReasoning
+from .splice import TurnPlan
+from .stores.base import NewSession, StoredMessage, TurnWrite
+
+
+def turn_write(
+    plan: TurnPlan,
+    reply: AssistantReply,
+    sent: list[dict[str, Any]],
+    parsed_metadata: object,
+    *,
+    create: bool,
+    new_id: Callable[[], bytes],
+    reasoning_field: ReplayReasoning,
+) -> TurnWrite:
+    """The write of a turn: ``plan``'s messages, then ``reply``'s, whose stored message is last."""
+    # info is built by hand: a turn writes several, on the hot path
+    created_at = b'","created_at":' + str(int(time.time())).encode()
+
+    def stored(replay: bytes) -> StoredMessage:
+        return StoredMessage(replay, b'{"id":"' + new_id() + created_at + b"}")
+
+    message = reply.message
+    if reply.reasoning and reasoning_field != "none":
+        message = {**message, reasoning_field: reply.reasoning}
+    extra: dict[str, Any] = {
+        key: value
+        for key, value in (
+            ("refusal", reply.message.get("refusal")),
+            ("reasoning", reply.reasoning),
+            ("usage", reply.usage),
+            ("finish_reason", reply.finish_reason),
+            ("model", reply.model),
+        )
+        if value is not None
+    }
+    head = [stored(replay) for replay in plan.head]
+    tail = [stored(replay) for replay in plan.tail]
+    answer = stored(canonical(message, reasoning_field))  # ids in history order: the reply's is last
+    if extra:
+        answer = StoredMessage(answer.replay, answer.info[:-1] + b"," + orjson.dumps(extra)[1:])
+    return TurnWrite(
+        head=head,
+        tail=[*tail, answer],
+        drop_leading=plan.drop_leading,
+        tail_leading_system=plan.tail_leading_system,
+        usage=reply.usage or {},
+        # a session with history has its title: only a new or empty one needs the hint
+        title_hint=title_from(sent) if create or plan.mode == "new" else None,
+        create=NewSession(metadata=session_metadata(parsed_metadata)) if create else None,
+    )
+
+
+def session_metadata(metadata: object) -> dict[str, str]:
+    """The string pairs of a request's ``metadata``, less the session id, within OpenAI's limits."""
+    if not isinstance(metadata, dict):
+        return {}
+    pairs = [
+        (key, value)
+        for key, value in metadata.items()
+        if key != "session_id" and isinstance(value, str) and len(key) <= 64 and len(value) <= 512
+    ]
+    return dict(pairs[:16])
