@@ -19,6 +19,7 @@ import openai
 import pytest
 
 from harness import upstream as reply
+from harness.cut_hop import CutFirstResponse
 from harness.servers import serve
 from harness.stack import Stack, running_stack, store_url_for
 from harness.upstream import ScriptedUpstream
@@ -198,62 +199,6 @@ def test_end_or_delete_racing_an_in_flight_turn_wins(stack: Stack, action: str) 
             assert after.json()["message_count"] == 2  # the racing turn was not appended
         else:
             assert after.status_code == 404  # and not brought back
-
-
-class CutFirstResponse:
-    """A TCP hop that drops the first connection when the response bytes holding ``marker``
-    arrive, without passing them on: the SDK never sees the end of an answer the proxy
-    recorded before sending it, and retries."""
-
-    def __init__(self, target: str, marker: bytes) -> None:
-        self.marker = marker
-        host, port = target.removeprefix("http://").split(":")
-        self.target = (host, int(port))
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        self.connections = 0
-        self.sockets: list[socket.socket] = []
-        self.threads = [threading.Thread(target=self._serve)]
-        self.threads[0].start()
-
-    def _serve(self) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                client, _ = self.listener.accept()
-                self.connections += 1
-                upstream = socket.create_connection(self.target)
-                self.sockets += [client, upstream]
-                cut = self.connections == 1
-                for source, sink, is_response in ((client, upstream, False), (upstream, client, True)):
-                    thread = threading.Thread(target=self._pump, args=(source, sink, is_response and cut))
-                    self.threads.append(thread)
-                    thread.start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket, cut: bool) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                if cut and self.marker in data:
-                    # shutdown, not just close: another thread is blocked in recv on these
-                    _shut(source)
-                    _shut(sink)
-                    return
-                sink.sendall(data)
-            sink.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        _shut(self.listener)
-        self.listener.close()
-        for sock in self.sockets:
-            _shut(sock)
-        for thread in self.threads:
-            thread.join(timeout=5)
-        for sock in self.sockets:
-            sock.close()
-
-
-def _shut(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
 
 
 def test_an_sdk_retry_of_a_recorded_turn_is_answered_from_the_history(stack: Stack) -> None:

@@ -228,7 +228,10 @@ class ChatTurn:
                 logger.warning("reply nests too deeply to be stored; turn not recorded")
                 return
             if key is not None:
-                kept = IdempotentReply(key.hashed, key.keep(write.tail[-1].replay), self.settings.idempotency_ttl_ms)
+                # the message as recorded (refusal included), not its replay form
+                kept = IdempotentReply(
+                    key.hashed, key.keep(orjson.dumps(reply.message)), self.settings.idempotency_ttl_ms
+                )
                 write = dataclasses.replace(write, idempotent=kept)
             if lease is not None:
                 write = dataclasses.replace(write, lease_token=lease.token)

@@ -28,13 +28,13 @@ class IdempotencyKey:
     hashed: str  # what the store files the reply under
     fingerprint: bytes  # of the request body: the same key with another body is refused
 
-    def keep(self, replay: bytes) -> bytes:
-        """The value a store keeps for the turn whose assistant message is ``replay``."""
-        return self.fingerprint + b"\n" + replay
+    def keep(self, message: bytes) -> bytes:
+        """The value a store keeps for the turn whose assistant message is ``message`` (compact JSON)."""
+        return self.fingerprint + b"\n" + message
 
     def reply(self, kept: bytes) -> dict[str, Any]:
         """The assistant message of a kept value; 422 if it was kept for another request body."""
-        fingerprint, _, replay = kept.partition(b"\n")
+        fingerprint, _, message = kept.partition(b"\n")
         if fingerprint != self.fingerprint:
             raise ClientError(
                 422,
@@ -42,8 +42,8 @@ class IdempotencyKey:
                 param="Idempotency-Key",
                 code="idempotency_key_reused",
             )
-        message: dict[str, Any] = orjson.loads(replay)
-        return message
+        parsed: dict[str, Any] = orjson.loads(message)
+        return parsed
 
     def session_id(self, scope_hash: str) -> str:
         """The id a session created by this request gets when the client names none.

@@ -55,7 +55,12 @@ def running_stack(store_url: str, **settings: Any) -> Iterator[Stack]:
         values = {"upstream": upstream_url, "store": store_url, **settings}
         proxy_settings = settings_from_mapping(values, source="test")
         # a private key prefix per stack: tests may share one redis-server, never its keys
-        store = store_from_url(store_url, ttl=proxy_settings.session_ttl, key_prefix=f"t{uuid.uuid4().hex[:12]}")
+        store = store_from_url(
+            store_url,
+            ttl=proxy_settings.session_ttl,
+            key_prefix=f"t{uuid.uuid4().hex[:12]}",
+            timeout=proxy_settings.store_timeout,
+        )
         # the event loop the CLI runs the proxy on
         with serve(ProxyApp(proxy_settings, store=store), loop="uvloop") as url:
             yield Stack(upstream, upstream_url, url)
