@@ -193,6 +193,9 @@ class Traffic:
             self.chat_status({"session_id": "logs-anon"}, {"sessionId": "logs-anon", "messages": [user(CONTENT)]})
             == 200
         )
+        keyed = {**bearer(BEARER), "session-id": "logs-keyed", "idempotency-key": f"{SECRET}-idempotency"}
+        assert [self.chat_status(keyed, {"messages": [user(CONTENT)]}) for _ in range(2)] == [200, 200]
+        assert self.chat_status(keyed, {"messages": [user(f"{CONTENT} other")]}) == 422
 
     def upstream_failures(self) -> None:
         """An error status, a cut stream, a stream without [DONE], an in-band error, a client that leaves."""
@@ -350,4 +353,11 @@ def test_no_credential_or_message_content_is_logged_at_the_default_level() -> No
     assert "Application startup complete" in output
     assert "store" in output.lower()
     assert "upstream" in output.lower()
+    assert leaks(output, minted) == [], output
+
+
+def test_no_credential_or_message_content_is_logged_at_debug() -> None:
+    # uvicorn and the proxy at debug (the access log stays off: query strings can carry keys)
+    output, minted = full_run("--log-level", "debug")
+    assert "Application startup complete" in output
     assert leaks(output, minted) == [], output
