@@ -1,4 +1,4 @@
-"""Durability under a Redis crash: does ``kill -9`` of redis-server lose turns the proxy acknowledged?
+"""Durability under a Redis crash: does ``kill -9`` of redis-server lose or duplicate turns?
 
     python bench/durability.py            # full run: both fsync policies, 3 kills each, ~1 min
     python bench/durability.py --quick    # smoke run, ~10 s
@@ -7,18 +7,24 @@ For each ``appendfsync`` policy (``everysec``, then ``always``) it starts, each 
 redis-server with AOF on (``--appendonly yes``, its own temporary dir), the scripted upstream
 (bench/upstream.py) and the proxy (``python -m statefulproxy --store redis://...``). ``--workers`` workers
 each send sequential session chat turns (every turn a unique user message, streamed and not alternating;
-a worker moves on to a new session every ``TURNS_PER_SESSION`` turns and after a failed turn). A turn is
-*acknowledged* when its HTTP 200 reply arrived completely (a JSON body that parses; a stream that ends with
-``data: [DONE]``). Mid-load, redis-server is killed with SIGKILL and restarted on the same port from the same
-dir (it replays its AOF); the load runs on through the outage. Afterwards every session is read back through
-the management API (``GET /v1/sessions/{id}/messages``) and each acknowledged turn looked up (its user
-message followed by an assistant message).
+a worker moves on to a new session every ``TURNS_PER_SESSION`` turns). A turn is *acknowledged* when its
+HTTP 200 reply arrived completely (a JSON body that parses; a stream that ends with ``data: [DONE]``).
+Every turn carries an ``Idempotency-Key`` (its session id and number) and its body is serialised once: a
+failed attempt (non-200, 503 while Redis is down, connection error, stream cut before ``[DONE]``) is sent
+again, same session, key and bytes, every ``FAILURE_PAUSE_S``, until it is acknowledged or the run stops.
+An attempt whose turn Redis stored before dying unanswered is thus answered by its retry from the recorded
+reply (``x-session-replayed: true``) instead of being stored twice. Mid-load, redis-server is killed with
+SIGKILL and restarted on the same port from the same dir (it replays its AOF); the load runs on through the
+outage. Afterwards every session is read back through the management API
+(``GET /v1/sessions/{id}/messages``): each acknowledged turn is looked up (its user message followed by an
+assistant message) and every user message stored more than once counted as duplicated.
 
 ``kill -9`` kills the process, not the machine: what Redis had written to the AOF file is in the kernel's page
 cache and survives even if not yet fsynced. So a process crash should lose nothing with either policy; only
 an OS crash or power loss can lose up to ~1 s of writes with ``everysec`` (Redis' documented trade-off),
-which this script cannot simulate. Exits 1 if ``always`` lost an acknowledged turn, or if the run measured
-nothing (no acknowledged turn before or after a kill). The markdown summary goes to stdout, progress to stderr.
+which this script cannot simulate. Exits 1 if ``always`` lost an acknowledged turn, if any turn was stored
+twice, or if the run measured nothing (no acknowledged turn before or after a kill). The markdown summary goes
+to stdout, progress to stderr.
 """
 
 from __future__ import annotations
@@ -45,7 +51,8 @@ REPO = BENCH.parent
 TURNS_PER_SESSION = 25
 STREAM_END = b"data: [DONE]\n\n"
 AUTH = {"authorization": "Bearer sk-durability", "content-type": "application/json"}
-FAILURE_PAUSE_S = 0.05  # pacing after a failed turn, so an outage is not a busy loop of 503s
+FAILURE_PAUSE_S = 0.05  # pacing of retries, so an outage is not a busy loop of 503s
+REPLAYED = "x-session-replayed"
 
 
 def progress(message: str) -> None:
@@ -85,9 +92,11 @@ async def redis_pong(port: int) -> bool:
 @dataclass
 class Turn:
     session_id: str
-    content: str
-    acknowledged: bool
-    at: float  # time.monotonic() when the reply ended (or failed)
+    content: str  # unique; also the turn's Idempotency-Key
+    acknowledged: bool = False
+    at: float = 0.0  # time.monotonic() when the last attempt's reply ended (or failed)
+    attempts: int = 0
+    replayed: bool = False  # acknowledged with the reply an earlier, unanswered attempt stored
 
 
 @dataclass
@@ -97,7 +106,7 @@ class Pass:
     fsync: str
     workers: int
     turns: list[Turn] = field(default_factory=list)
-    failures: Counter[str] = field(default_factory=Counter)
+    failures: Counter[str] = field(default_factory=Counter)  # per failed attempt
     started: float = 0.0
     stopped: float = 0.0
     kills: list[float] = field(default_factory=list)  # monotonic time of each SIGKILL
@@ -105,13 +114,25 @@ class Pass:
     persisted: int = 0
     lost: list[Turn] = field(default_factory=list)
     unacknowledged_persisted: int = 0
-    duplicated: int = 0
+    duplicated: int = 0  # user messages stored more than once in their session, beyond the first
     missing_sessions: int = 0  # sessions with acknowledged turns that were not found on read-back
-    max_latency_s: float = 0.0
+    max_latency_s: float = 0.0  # of one acknowledged attempt
+    max_turn_s: float = 0.0  # from a turn's first attempt to its acknowledgement
 
     @property
     def acknowledged(self) -> list[Turn]:
         return [turn for turn in self.turns if turn.acknowledged]
+
+    @property
+    def in_flight(self) -> list[Turn]:
+        """Turns still being retried when the run stopped (a worker gives up on no other turn)."""
+        return [turn for turn in self.turns if not turn.acknowledged]
+
+    def retried(self) -> int:
+        return sum(1 for turn in self.acknowledged if turn.attempts > 1)
+
+    def replays(self) -> int:
+        return sum(1 for turn in self.acknowledged if turn.replayed)
 
     @property
     def duration_s(self) -> float:
@@ -165,26 +186,51 @@ class Redis:
             servers.stop(self.server)
 
 
-async def one_turn(http: aiohttp.ClientSession, url: str, session_id: str, content: str, stream: bool) -> str | None:
-    """Send one turn; None when it was acknowledged, else why not."""
-    payload: dict[str, object] = {"model": "m", "messages": [{"role": "user", "content": content}]}
-    if stream:
-        payload["stream"] = True
-    headers = {**AUTH, "session-id": session_id}
+async def attempt(
+    http: aiohttp.ClientSession, url: str, headers: dict[str, str], data: bytes, stream: bool
+) -> tuple[str | None, bool]:
+    """Send one attempt of a turn: (None when it was acknowledged, else why not; whether it was a replay)."""
     try:
-        async with http.post(url, data=orjson.dumps(payload), headers=headers) as response:
+        async with http.post(url, data=data, headers=headers) as response:
             body = await response.read()
+            replayed = response.headers.get(REPLAYED) == "true"
             if response.status != 200:
-                return f"HTTP {response.status}"
+                return f"HTTP {response.status}", False
             if stream:
-                return None if body.endswith(STREAM_END) else "stream without [DONE]"
+                return (None if body.endswith(STREAM_END) else "stream without [DONE]"), replayed
             try:
                 orjson.loads(body)
             except orjson.JSONDecodeError:
-                return "unparsable JSON reply"
-            return None
+                return "unparsable JSON reply", False
+            return None, replayed
     except (aiohttp.ClientError, TimeoutError) as exc:
-        return type(exc).__name__
+        return type(exc).__name__, False
+
+
+async def deliver(
+    run: Pass, http: aiohttp.ClientSession, url: str, turn: Turn, stream: bool, stop: asyncio.Event
+) -> None:
+    """Send ``turn`` until it is acknowledged or the run stops: every attempt the same key and body bytes."""
+    payload: dict[str, object] = {"model": "m", "messages": [{"role": "user", "content": turn.content}]}
+    if stream:
+        payload["stream"] = True
+    data = orjson.dumps(payload)
+    headers = {**AUTH, "session-id": turn.session_id, "idempotency-key": turn.content}
+    first = time.monotonic()
+    while True:
+        started = time.monotonic()
+        problem, replayed = await attempt(http, url, headers, data, stream)
+        turn.attempts += 1
+        turn.at = time.monotonic()
+        if problem is None:
+            turn.acknowledged, turn.replayed = True, replayed
+            run.max_latency_s = max(run.max_latency_s, turn.at - started)
+            run.max_turn_s = max(run.max_turn_s, turn.at - first)
+            return
+        run.failures[problem] += 1
+        if stop.is_set():
+            return
+        await asyncio.sleep(FAILURE_PAUSE_S)
 
 
 async def drive(run: Pass, base_url: str, stop: asyncio.Event) -> None:
@@ -196,25 +242,15 @@ async def drive(run: Pass, base_url: str, stop: asyncio.Event) -> None:
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
 
         async def worker(index: int) -> None:
-            session_number, turn_in_session, sequence = 0, 0, 0
+            session_number, turn_in_session = 0, 0
             while not stop.is_set():
                 if turn_in_session >= TURNS_PER_SESSION:
                     session_number, turn_in_session = session_number + 1, 0
                 session_id = f"{prefix}-w{index}-s{session_number}"
-                content = f"{session_id}#t{turn_in_session}"
-                started = time.monotonic()
-                problem = await one_turn(http, url, session_id, content, stream=sequence % 2 == 1)
-                now = time.monotonic()
-                sequence += 1
-                run.turns.append(Turn(session_id, content, problem is None, now))
-                if problem is None:
-                    run.max_latency_s = max(run.max_latency_s, now - started)
-                    turn_in_session += 1
-                else:
-                    run.failures[problem] += 1
-                    # a turn that failed may have left the session's lease held; carry on in a fresh session
-                    session_number, turn_in_session = session_number + 1, 0
-                    await asyncio.sleep(FAILURE_PAUSE_S)
+                turn = Turn(session_id, f"{session_id}#t{turn_in_session}")
+                run.turns.append(turn)
+                await deliver(run, http, url, turn, turn_in_session % 2 == 1, stop)
+                turn_in_session += 1
 
         await asyncio.gather(*(worker(i) for i in range(run.workers)))
 
@@ -261,7 +297,7 @@ async def verify(run: Pass, base_url: str) -> None:
     for turn in run.turns:
         by_session.setdefault(turn.session_id, []).append(turn)
     limit = asyncio.Semaphore(16)
-    stored: dict[str, Counter[str]] = {}
+    answered: dict[str, set[str]] = {session_id: set() for session_id in by_session}
 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
 
@@ -270,21 +306,22 @@ async def verify(run: Pass, base_url: str) -> None:
                 messages = await history(http, base_url, session_id)
             if messages is None:
                 run.missing_sessions += any(turn.acknowledged for turn in by_session[session_id])
-                stored[session_id] = Counter()
                 return
-            recorded: Counter[str] = Counter()
+            users: Counter[str] = Counter()
             for message, following in zip(messages, [*messages[1:], None], strict=True):
-                if message.get("role") == "user" and following is not None and following.get("role") == "assistant":
-                    recorded[str(message.get("content"))] += 1
-            stored[session_id] = recorded
+                if message.get("role") != "user":
+                    continue
+                users[str(message.get("content"))] += 1
+                if following is not None and following.get("role") == "assistant":
+                    answered[session_id].add(str(message.get("content")))
+            # every user message, answered or not: a turn stored twice is a duplicate either way
+            run.duplicated += sum(count - 1 for count in users.values() if count > 1)
 
         await asyncio.gather(*(read(session_id) for session_id in by_session))
 
     for session_id, turns in by_session.items():
-        recorded = stored[session_id]
-        run.duplicated += sum(count - 1 for count in recorded.values() if count > 1)
         for turn in turns:
-            found = recorded[turn.content] > 0
+            found = turn.content in answered[session_id]
             if turn.acknowledged:
                 if found:
                     run.persisted += 1
@@ -307,7 +344,8 @@ async def run_pass(fsync: str, args: argparse.Namespace, work_dir: Path, log_dir
         argv = [sys.executable, str(BENCH / "upstream.py"), "--port", str(port)]
         upstream = await servers.start(f"upstream-{fsync}", argv, port, log_dir, lambda: servers.tcp_ready(port))
         config = work_dir / f"proxy-{fsync}.yaml"
-        config.write_text("session_ttl: 1h\nlog_level: warning\n")
+        # a turn cut by the kill leaves its session's lease in the AOF: the proxy releases it once redis is back
+        config.write_text(f"session_ttl: 1h\nlog_level: warning\nlease_ttl: {args.lease_ttl}s\n")
         proxy_port = servers.free_port()
         argv = [sys.executable, "-m", "statefulproxy", "--upstream", upstream.base_url, "--store", redis.url]
         argv += ["--port", str(proxy_port), "--config", str(config)]
@@ -338,6 +376,8 @@ def verdicts(run: Pass) -> list[str]:
     problems = []
     if run.fsync == "always" and run.lost:
         problems.append(f"appendfsync always lost {len(run.lost)} acknowledged turns")
+    if run.duplicated:
+        problems.append(f"{run.fsync}: {run.duplicated} turns stored more than once")
     if run.steady_rps() == 0:
         problems.append(f"{run.fsync}: no turn acknowledged before the first kill")
     if run.acks_after_last_restart() == 0:
@@ -351,35 +391,42 @@ def report(runs: list[Pass], args: argparse.Namespace) -> str:
         f"#### Durability: `kill -9` of redis-server under load (`{command}`)",
         "",
         "| appendfsync | workers | kills | run s | turns/s (before kill) | turns/s (whole run) | acknowledged "
-        "| persisted | lost acknowledged | expected loss | acked ≤ 1 s before a kill | failed turns "
-        "| failed but persisted | duplicated |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| persisted | lost acknowledged | expected loss | acked ≤ 1 s before a kill | failed attempts "
+        "| retried turns | answered by replay | in flight at stop | persisted unacknowledged | duplicated |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         expected = "0" if run.fsync == "always" else "reported (≤ ~1 s of writes on an OS crash)"
         mark = (" ✗" if run.lost else " ✓") if run.fsync == "always" else ""
         failed = sum(run.failures.values())
+        duplicated = f"{run.duplicated}{' ✗' if run.duplicated else ' ✓'}"
         lines.append(
             f"| {run.fsync} | {run.workers} | {len(run.kills)} | {run.duration_s:.1f} | {run.steady_rps():.0f} "
             f"| {run.rps():.0f} | {len(run.acknowledged)} | {run.persisted} | {len(run.lost)}{mark} | {expected} "
-            f"| {run.acks_in_last_second_before_kills()} | {failed} | {run.unacknowledged_persisted} "
-            f"| {run.duplicated} |"
+            f"| {run.acks_in_last_second_before_kills()} | {failed} | {run.retried()} | {run.replays()} "
+            f"| {len(run.in_flight)} | {run.unacknowledged_persisted} | {duplicated} |"
         )
     lines += ["", "Notes:", ""]
     for run in runs:
         outages = ", ".join(f"{b - k:.2f}" for k, b in zip(run.kills, run.back, strict=True))
         why = ", ".join(f"{reason} x {count}" for reason, count in run.failures.most_common(4)) or "none"
+        most = max((turn.attempts for turn in run.acknowledged), default=0)
         lines.append(
-            f"- {run.fsync}: redis down (kill to PONG after AOF replay) {outages} s; failed turns: {why}; "
+            f"- {run.fsync}: redis down (kill to PONG after AOF replay) {outages} s; failed attempts: {why}; "
             f"sessions with acknowledged turns not found on read-back: {run.missing_sessions}; "
-            f"slowest acknowledged turn {run.max_latency_s:.2f} s; "
+            f"slowest acknowledged attempt {run.max_latency_s:.2f} s, slowest turn with its retries "
+            f"{run.max_turn_s:.2f} s ({most} attempts at most); "
             f"turns acknowledged after the last restart: {run.acks_after_last_restart()}"
         )
         for turn in run.lost[:3]:
             lines.append(f"  - lost: {turn.content!r}, acknowledged at +{turn.at - run.started:.3f} s")
     lines.append(
-        "- A turn counts as acknowledged when its 200 reply arrived whole; failed turns (503 while redis is down, "
-        "streams aborted at commit) were never acknowledged, so they may or may not be stored."
+        "- A turn counts as acknowledged when its 200 reply arrived whole. A failed attempt (503 while redis is "
+        "down, a stream cut at its commit) is sent again with the same `Idempotency-Key` and body until "
+        "acknowledged: *answered by replay* counts turns whose retry got the reply an unanswered attempt had "
+        "stored (at-least-once without the key), *duplicated* user messages stored twice (exactly-once: 0). "
+        f"Proxy `lease_ttl: {args.lease_ttl:g}s`: a lease a cut attempt left in the AOF is released by the proxy "
+        "once redis answers again, so its retry does not wait that long."
     )
     lines.append(
         "- `kill -9` ends the process, not the machine: what Redis wrote to its AOF is in the page cache and survives "
@@ -421,6 +468,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--phase", type=float, help="seconds of load before, between and after kills (default 4)")
     parser.add_argument("--down", type=float, default=0.5, help="seconds redis stays dead before its restart (0.5)")
     parser.add_argument(
+        "--lease-ttl", type=float, default=30.0, help="the proxy's lease_ttl in seconds (30, the proxy's default)"
+    )
+    parser.add_argument(
         "--fsync", default="everysec,always", help="comma-separated appendfsync policies (default everysec,always)"
     )
     parser.add_argument("--keep-logs", action="store_true", help="keep the servers' logs and print where")
@@ -430,8 +480,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.phase = args.phase or (1.5 if args.quick else 4.0)
     args.fsync = [policy.strip() for policy in args.fsync.split(",") if policy.strip()]
     unknown = set(args.fsync) - {"everysec", "always", "no"}
-    if unknown or not args.fsync or args.kills < 1 or args.workers < 1:
-        parser.error("--fsync takes everysec,always,no; --kills and --workers must be >= 1")
+    if unknown or not args.fsync or args.kills < 1 or args.workers < 1 or args.lease_ttl <= 0:
+        parser.error("--fsync takes everysec,always,no; --kills and --workers must be >= 1, --lease-ttl > 0")
     return args
 
 

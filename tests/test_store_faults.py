@@ -126,6 +126,35 @@ def test_redis_stopped_fails_session_requests_only_and_recovers_on_restart(stop_
         assert history(http, "after") == [user("again"), assistant(first), user("more"), assistant(second)]
 
 
+def test_a_lease_left_by_a_redis_crash_is_released_when_redis_returns() -> None:
+    # The turn's lease is in the AOF when Redis dies; its commit and release fail. Once Redis is
+    # back the proxy releases it, instead of the session staying busy for the rest of lease_ttl.
+    lease_ttl = 30.0
+    with (
+        RedisProcess(persistent=True) as redis,
+        running_stack(redis.url, lease_ttl=lease_ttl) as stack,
+        stack.http() as http,
+    ):
+        assert chat(http, "one", "crash").status_code == 200
+        release = threading.Event()
+        stack.upstream.push(reply.hold(release))
+        with ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(chat, http, "held", "crash")
+            stack.upstream.wait_for_requests(2)
+            redis.stop(signal.SIGKILL)
+            release.set()
+            assert_store_error(in_flight.result())
+        redis.start()
+        wait_ready(http)
+        started = time.monotonic()
+        again = chat(http, "two", "crash")  # on_busy: wait, for as long as the lease is held
+        waited = time.monotonic() - started
+        assert again.status_code == 200, again.text
+        assert waited < 5.0, f"the session stayed busy {waited:.2f} s after Redis returned (lease_ttl {lease_ttl} s)"
+        assert history(http, "crash") == [user("one"), assistant("reply 1"), user("two"), assistant("reply 3")]
+        print(f"lease of a crashed turn released {waited:.3f} s after Redis returned (lease_ttl {lease_ttl:g} s)")
+
+
 # 2. on_store_error: passthrough
 
 

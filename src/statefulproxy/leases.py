@@ -4,6 +4,11 @@ The lease is taken in the same store round trip as the history read, renewed whi
 upstream answers, and released by the commit (same atomic step) or, on every other exit,
 explicitly. A proxy that dies holding one loses it after ``lease_ttl``. A turn that finds
 the session busy waits for it (bounded by ``busy_timeout``) or is refused at once.
+
+A release that fails because the store is down, or a read that failed after the store may
+have taken the lease, is retried in the background until the store answers or the lease
+has expired anyway: a Redis that restarts from its AOF would otherwise keep the session
+busy for the rest of ``lease_ttl``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,10 @@ logger = logging.getLogger("statefulproxy")
 
 _FIRST_BACKOFF = 0.005
 _MAX_BACKOFF = 0.1
+_MAX_RELEASE_BACKOFF = 1.0
+
+# background releases in flight: the loop keeps only weak references to tasks
+_releasing: set[asyncio.Task[None]] = set()
 
 
 class TurnLease:
@@ -49,6 +58,10 @@ class TurnLease:
         while True:
             try:
                 return await self.store.load(self.scope, self.session_id, self.lease, idempotency_key)
+            except StoreError:
+                self.released = True
+                self._release_in_background()  # the store may have taken it before the call failed
+                raise
             except SessionBusy:
                 if self.settings.on_busy == "reject" or time.monotonic() + backoff > deadline:
                     raise ClientError(
@@ -74,7 +87,25 @@ class TurnLease:
             # shielded: a client that disconnected must not leave the session locked until the TTL
             await asyncio.shield(self.store.release_lease(self.scope, self.session_id, self.lease.token))
         except StoreError as exc:
-            logger.warning("lease not released (it expires by itself): %s", exc)
+            logger.warning("lease not released yet, retrying while it lasts: %s", exc)
+            self._release_in_background()
+
+    def _release_in_background(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._release_until_expired())
+        _releasing.add(task)
+        task.add_done_callback(_releasing.discard)
+
+    async def _release_until_expired(self) -> None:
+        deadline = time.monotonic() + self.lease.ttl_ms / 1000
+        backoff = _FIRST_BACKOFF * 10
+        while time.monotonic() + backoff < deadline:
+            await asyncio.sleep(backoff)  # waiting for the store to come back
+            try:
+                await self.store.release_lease(self.scope, self.session_id, self.lease.token)
+            except StoreError:
+                backoff = min(backoff * 2, _MAX_RELEASE_BACKOFF)
+            else:
+                return
 
     async def _renew(self) -> None:
         interval = self.lease.ttl_ms / 3000
