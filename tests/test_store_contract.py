@@ -607,6 +607,12 @@ def test_store_from_url_rejects_nonpositive_ttl() -> None:
         store_from_url("memory://", ttl=0)
 
 
+@pytest.mark.parametrize("url", ["memory://", "redis://127.0.0.1:6379/0"])
+def test_store_from_url_rejects_a_nonpositive_timeout(url: str) -> None:
+    with pytest.raises(ConfigError, match=r"^store: timeout must be a positive number"):
+        store_from_url(url, ttl=60, timeout=0)
+
+
 Trace = Callable[[Callable[[], Awaitable[object]]], Awaitable[list[str]]]
 
 

@@ -26,6 +26,7 @@ logger = logging.getLogger("statefulproxy")
 
 _FIRST_BACKOFF = 0.005
 _MAX_BACKOFF = 0.1
+_FIRST_RELEASE_BACKOFF = 0.05
 _MAX_RELEASE_BACKOFF = 1.0
 
 # background releases in flight: the loop keeps only weak references to tasks
@@ -97,7 +98,7 @@ class TurnLease:
 
     async def _release_until_expired(self) -> None:
         deadline = time.monotonic() + self.lease.ttl_ms / 1000
-        backoff = _FIRST_BACKOFF * 10
+        backoff = _FIRST_RELEASE_BACKOFF
         while time.monotonic() + backoff < deadline:
             await asyncio.sleep(backoff)  # waiting for the store to come back
             try:

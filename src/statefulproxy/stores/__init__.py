@@ -62,6 +62,8 @@ def store_from_url(
     scheme = urlsplit(url).scheme.lower()
     if ttl is not None and ttl <= 0:
         raise ConfigError(f"store: ttl must be a positive number of seconds or None, not {ttl!r}")
+    if not timeout > 0:
+        raise ConfigError(f"store: timeout must be a positive number of seconds, not {timeout!r}")
     if scheme == "memory":
         return MemoryStore(ttl=ttl, clock=clock)
     if scheme in ("redis", "rediss"):

@@ -69,8 +69,6 @@ class RedisStore:
         key_prefix: str = "sp",
         timeout: float = 5.0,
     ) -> None:
-        if not timeout > 0:
-            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
         self._client = RespClient(address_from_url(url), connect_timeout=min(timeout, 2.0), timeout=timeout)
         self._ttl_ms = 0 if ttl is None else max(round(ttl * 1000), 1)
         self._clock = clock
@@ -130,13 +128,13 @@ class RedisStore:
         return SessionSnapshot(session_id, cast(SessionStatus, status.decode()), replay, int(leading_system))
 
     async def commit(self, scope: str, session_id: str, write: TurnWrite) -> CommitResult:
-        new = write.create
-        args: list[Any] = [int(self._clock()), self._ttl_ms, write.drop_leading, write.tail_leading_system]
+        new, now = write.create, self._clock()
+        args: list[Any] = [int(now), self._ttl_ms, write.drop_leading, write.tail_leading_system]
         args.append(optional(write.title_hint))
         args += ["0", "-", "", "", "", "", "", ""] if new is None else ["1", *new_fields(new, args[0])]
         kept = write.idempotent
         args.append(optional(write.lease_token))
-        args += ["-", "", "", ""] if kept is None else [kept.key, kept.value, round(self._clock() * 1000), kept.ttl_ms]
+        args += ["-", "", "", ""] if kept is None else [kept.key, kept.value, round(now * 1000), kept.ttl_ms]
         args.append(len(write.usage))
         for name, tokens in write.usage.items():
             args += [USAGE + name, int(tokens)]
