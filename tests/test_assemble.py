@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
-from statefulproxy.assemble import AssistantReply, ChatStreamAccumulator, reply_from_completion
-from statefulproxy.recorder import ChatStreamRecorder
+from statefulproxy.dialects.openai_recorder import ChatStreamRecorder
+from statefulproxy.dialects.openai_stream import AssistantReply, ChatStreamAccumulator, reply_from_completion
 
 STREAMS = Path(__file__).parent / "fixtures" / "streams"
 LINE_ENDINGS = {"lf": b"\n", "crlf": b"\r\n", "cr": b"\r"}

@@ -21,7 +21,7 @@ import pytest
 
 from harness import upstream as reply
 from harness.stack import Since, Stack, running_stack
-from statefulproxy.guards import check_request_head
+from statefulproxy.asgi.guards import check_request_head
 
 STREAMS = Path(__file__).parent / "fixtures" / "streams"
 CHAT = b"/v1/chat/completions"

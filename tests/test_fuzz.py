@@ -29,10 +29,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from statefulproxy import ProxyApp, SessionMiddleware, settings_from_mapping
-from statefulproxy.assemble import AssistantReply
-from statefulproxy.recorder import ChatStreamRecorder
+from statefulproxy.asgi.tap import ResponseTap
+from statefulproxy.dialects.openai_recorder import ChatStreamRecorder
+from statefulproxy.dialects.openai_stream import AssistantReply
 from statefulproxy.stores.memory import MemoryStore
-from statefulproxy.tap import ResponseTap
 from statefulproxy.types import Message, Receive, Scope, Send
 
 REQUEST_EXAMPLES = 10_000

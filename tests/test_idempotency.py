@@ -6,8 +6,8 @@ import orjson
 import pytest
 
 from statefulproxy.errors import ClientError
-from statefulproxy.idempotency import MAX_KEY_LENGTH, idempotency_key
-from statefulproxy.identity import validate_session_id
+from statefulproxy.sessions.idempotency import MAX_KEY_LENGTH, idempotency_key
+from statefulproxy.sessions.identity import validate_session_id
 
 
 def key_of(value: bytes, body: bytes = b"{}") -> str:

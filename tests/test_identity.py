@@ -9,13 +9,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from statefulproxy.errors import ClientError
-from statefulproxy.identity import (
+from statefulproxy.sessions.identity import (
     body_session_id,
     credential,
     header_session_id,
     mint_session_id,
     resolve_session_id,
-    scope_of,
+    owner_of,
     validate_session_id,
 )
 
@@ -240,31 +240,31 @@ def test_no_credential() -> None:
     assert credential([(b"x-api-key", b""), (b"api-key", b"")]) is None
 
 
-# --- scope_of -----------------------------------------------------------------------------------
+# --- owner_of -----------------------------------------------------------------------------------
 
 
 def test_scope_deterministic() -> None:
-    assert scope_of(b"sk-one", SECRET) == scope_of(b"sk-one", SECRET)
-    assert scope_of(None, SECRET) == scope_of(None, SECRET)
+    assert owner_of(b"sk-one", SECRET) == owner_of(b"sk-one", SECRET)
+    assert owner_of(None, SECRET) == owner_of(None, SECRET)
 
 
 def test_scope_differs_per_key_and_per_secret() -> None:
     keys = [b"sk-one", b"sk-two", b"sk-one ", b"anonymous", b"", b"key:sk-one"]
-    scopes = {scope_of(key, SECRET) for key in keys} | {scope_of(None, SECRET)}
+    scopes = {owner_of(key, SECRET) for key in keys} | {owner_of(None, SECRET)}
     assert len(scopes) == len(keys) + 1  # anonymous differs from every key, including b"anonymous"
-    assert scope_of(b"sk-one", SECRET) != scope_of(b"sk-one", b"t" * 32)
-    assert scope_of(None, SECRET) != scope_of(None, b"t" * 32)
+    assert owner_of(b"sk-one", SECRET) != owner_of(b"sk-one", b"t" * 32)
+    assert owner_of(None, SECRET) != owner_of(None, b"t" * 32)
 
 
 @given(st.binary(max_size=64), st.binary(max_size=64))
 def test_scope_distinct_keys_distinct_scopes(first: bytes, second: bytes) -> None:
-    assert (scope_of(first, SECRET) == scope_of(second, SECRET)) == (first == second)
-    assert scope_of(first, SECRET) != scope_of(None, SECRET)
+    assert (owner_of(first, SECRET) == owner_of(second, SECRET)) == (first == second)
+    assert owner_of(first, SECRET) != owner_of(None, SECRET)
 
 
 def test_scope_never_contains_the_credential() -> None:
     for key in [b"sk-proj-AbCdEfGh1234567890", b"abcdef", b"0123456789abcdef"]:
-        scope = scope_of(key, SECRET)
+        scope = owner_of(key, SECRET)
         assert re.fullmatch(r"[0-9a-f]{32}", scope)
         assert key.decode() not in scope
         assert SECRET.decode() not in scope

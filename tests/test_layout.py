@@ -11,15 +11,17 @@ PACKAGE = Path(statefulproxy.__file__).parent
 
 LAYERS = {
     # pure logic
-    "errors": 0, "types": 0, "messages": 1, "identity": 1, "sse": 0, "assemble": 1, "settings": 2, "settings_values": 0,
-    "guards": 1,
-    "stores.base": 0, "stores.resp": 0, "stores.redis_scripts": 0, "splice": 2, "recorder": 2,
-    "stores.memory_session": 1, "stores.redis_codec": 1, "idempotency": 2, "turn_writes": 3,
+    "errors": 0, "types": 0, "settings_values": 0, "settings": 2,
+    "dialects": 1, "dialects.base": 1, "dialects.sse": 0, "dialects.openai_stream": 2, "dialects.openai_recorder": 3,
+    "stores.base": 0, "stores.resp": 0, "stores.redis_scripts": 0, "stores.memory_session": 1, "stores.redis_codec": 1,
+    "sessions": 1, "sessions.window": 0, "sessions.messages": 1, "sessions.identity": 1, "sessions.splice": 2,
+    "sessions.idempotency": 2,
+    "sessions.turn_writes": 3, "sessions.retries": 3,
     # adapters
-    "stores": 4, "stores.memory": 3, "stores.redis": 3, "upstream": 3,
+    "stores": 4, "stores.memory": 3, "stores.redis": 3, "upstream": 3, "sessions.leases": 4,
     # ASGI
-    "api_models": 2, "openapi": 0, "leases": 4, "retries": 3,
-    "replies": 4, "tap": 5, "chat": 6, "management": 5, "middleware": 7, "passthrough": 5,
+    "asgi": 1, "asgi.guards": 1, "asgi.api_models": 2, "asgi.openapi": 0, "asgi.replies": 4, "asgi.tap": 5,
+    "asgi.chat": 6, "asgi.management": 5, "asgi.middleware": 7, "asgi.passthrough": 5,
     # composition
     "app": 8, "cli": 9, "__main__": 10, "__init__": 10,
 }  # fmt: skip

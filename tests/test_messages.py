@@ -6,9 +6,9 @@ import orjson
 import pytest
 from openai.types.chat import ChatCompletion, ParsedChatCompletionMessage
 
-from statefulproxy.assemble import reply_from_completion
+from statefulproxy.dialects.openai_stream import reply_from_completion
 from statefulproxy.errors import ClientError
-from statefulproxy.messages import canonical, leading_system_count, minimal, title_from, validate_messages
+from statefulproxy.sessions.messages import canonical, leading_system_count, minimal, title_from, validate_messages
 
 TOOL_CALL: dict[str, Any] = {
     "id": "call_1",

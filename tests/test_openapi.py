@@ -15,7 +15,7 @@ import pytest
 from harness import upstream as reply
 from harness.openapi_check import ERROR_RESPONSES, OpenAPIChecker, OpenAPIMismatch
 from harness.stack import Stack, running_stack
-from statefulproxy.openapi import OPENAPI_PATH_SUFFIX, openapi_document
+from statefulproxy.asgi.openapi import OPENAPI_PATH_SUFFIX, openapi_document
 
 PREFIX = "/v1/sessions"
 CUSTOM_PREFIX = "/api/v2/chat-sessions"

@@ -5,7 +5,7 @@ from typing import Any
 import orjson
 import pytest
 
-from statefulproxy.api_models import message_object, paginate, session_object
+from statefulproxy.asgi.api_models import message_object, paginate, session_object
 from statefulproxy.errors import ClientError
 from statefulproxy.stores.base import SessionRecord, StoredMessage
 

@@ -31,7 +31,7 @@ from schemathesis.specs.openapi.schemas import OpenApiSchema
 
 from harness.openapi_check import OpenAPIChecker
 from statefulproxy import SessionMiddleware
-from statefulproxy.openapi import OPENAPI_PATH_SUFFIX, openapi_document
+from statefulproxy.asgi.openapi import OPENAPI_PATH_SUFFIX, openapi_document
 from statefulproxy.types import Receive, Scope, Send
 
 PREFIX = "/v1/sessions"

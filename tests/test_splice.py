@@ -6,8 +6,8 @@ import orjson
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from statefulproxy.messages import canonical, leading_system_count, minimal
-from statefulproxy.splice import TurnPlan, plan_turn
+from statefulproxy.sessions.messages import canonical, leading_system_count, minimal
+from statefulproxy.sessions.splice import TurnPlan, plan_turn
 from statefulproxy.stores.base import DROP_ALL
 
 Message = dict[str, Any]

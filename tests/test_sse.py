@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from statefulproxy.sse import MAX_BUFFER_BYTES, ServerSentEvent, SSEDecodeError, SSEDecoder
+from statefulproxy.dialects.sse import MAX_BUFFER_BYTES, ServerSentEvent, SSEDecodeError, SSEDecoder
 
 STREAMS = Path(__file__).parent / "fixtures" / "streams"
 FIXTURES = sorted(path.name for path in STREAMS.glob("*.sse"))

@@ -402,13 +402,13 @@ async def test_concurrent_commits_on_a_new_session_all_land_whole(store: Store) 
 
 async def test_scope_secret(make_store: StoreFactory) -> None:
     first, second = make_store(), make_store()
-    secret = await first.scope_secret()
+    secret = await first.owner_secret()
     assert len(secret) == 32
-    assert await first.scope_secret() == secret
+    assert await first.owner_secret() == secret
     if make_store.backend == "redis":
-        assert await second.scope_secret() == secret  # one secret for every replica on this Redis
+        assert await second.owner_secret() == secret  # one secret for every replica on this Redis
     else:
-        assert await second.scope_secret() != secret
+        assert await second.owner_secret() != secret
 
 
 async def test_open_ping_and_close_are_idempotent(store: Store) -> None:

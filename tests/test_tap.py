@@ -10,11 +10,11 @@ from typing import Any
 import orjson
 import pytest
 
-from statefulproxy import tap as tap_module
-from statefulproxy.assemble import AssistantReply
+from statefulproxy.asgi import tap as tap_module
+from statefulproxy.asgi.tap import ResponseTap
+from statefulproxy.dialects.openai_recorder import ChatStreamRecorder
+from statefulproxy.dialects.openai_stream import AssistantReply
 from statefulproxy.errors import StoreError
-from statefulproxy.recorder import ChatStreamRecorder
-from statefulproxy.tap import ResponseTap
 from statefulproxy.types import Message as ASGIMessage
 
 pytestmark = pytest.mark.anyio

@@ -1,8 +1,8 @@
 """statefulproxy: server-side conversation sessions for any stateless LLM API."""
 
 from .app import ProxyApp, create_app
+from .asgi.middleware import SessionMiddleware
 from .errors import ClientError, ConfigError, StatefulProxyError, StoreError, UpstreamError, UpstreamTimeout
-from .middleware import SessionMiddleware
 from .settings import Settings, load_settings, settings_from_mapping
 
 __version__ = "0.1.0"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 
+from .asgi.guards import check_request_head
+from .asgi.middleware import SessionMiddleware
+from .asgi.passthrough import PassthroughApp
+from .asgi.replies import send_error, send_failure, send_object
 from .errors import ConfigError, StoreError
-from .guards import check_request_head
-from .middleware import SessionMiddleware
-from .passthrough import PassthroughApp
-from .replies import send_error, send_failure, send_object
 from .settings import Settings
 from .stores import Store, store_from_url
 from .types import Receive, Scope, Send

@@ -1,13 +1,13 @@
 """The session store interface, and the records it traffics in.
 
-A store keeps, per (scope, session id): one metadata record and an ordered list of
+A store keeps, per (owner, session id): one metadata record and an ordered list of
 messages. Each stored message is two JSON documents: ``replay`` (the minimal message
 that is sent upstream, see ``messages.minimal``) and ``info`` (what the proxy keeps
 beside it: id, created_at, reasoning, usage, ...). Keeping them apart lets the hot
 path splice ``replay`` bytes into the outgoing body without parsing them.
 
-``scope`` is always a keyed hash of the caller's credential, never the credential.
-Stores build their keys from hashes of (scope, session id), never from raw strings.
+``owner`` is always a keyed hash of the caller's credential, never the credential.
+Stores build their keys from hashes of (owner, session id), never from raw strings.
 """
 
 from __future__ import annotations
@@ -144,14 +144,14 @@ class Store(Protocol):
     async def ping(self) -> bool:
         """True when the store answers."""
 
-    async def scope_secret(self) -> bytes:
+    async def owner_secret(self) -> bytes:
         """A random secret shared by every proxy using this store, made on first use.
 
-        Keys the credential hash when no ``scope_secret`` is configured.
+        Keys the credential hash when no ``owner_secret`` is configured.
         """
 
     async def load(
-        self, scope: str, session_id: str, lease: Lease | None = None, idempotency_key: str | None = None
+        self, owner: str, session_id: str, lease: Lease | None = None, idempotency_key: str | None = None
     ) -> SessionSnapshot | None:
         """The session's status and replay history; None if it does not exist.
 
@@ -170,7 +170,7 @@ class Store(Protocol):
         for an ended/expired session nor when a limit refuses the request.
         """
 
-    async def commit(self, scope: str, session_id: str, write: TurnWrite) -> CommitResult:
+    async def commit(self, owner: str, session_id: str, write: TurnWrite) -> CommitResult:
         """Apply ``write`` atomically, or nothing.
 
         - session absent: create it from ``write.create`` and apply; "missing" if
@@ -178,13 +178,13 @@ class Store(Protocol):
         - session ended / expired: change nothing, return "ended" / "expired".
         Updates last_active_at, message_count, usage, the inactivity TTL, and expires_at
         when the session expires relative to its last activity. A session created here is
-        listed in the scope's index. ``write.idempotent`` is kept only when the turn is written
+        listed in the owner's index. ``write.idempotent`` is kept only when the turn is written
         ("ok"), replacing a reply kept under the same key; expired ones are dropped.
         """
 
     async def create(
         self,
-        scope: str,
+        owner: str,
         session_id: str,
         new: NewSession,
         messages: Sequence[StoredMessage] = (),
@@ -192,14 +192,14 @@ class Store(Protocol):
     ) -> SessionRecord | None:
         """Create a session, empty or holding ``messages`` (a fork); None if the id is taken.
 
-        Sets the title from ``new.title`` only (no hint), and lists it in the scope's index.
+        Sets the title from ``new.title`` only (no hint), and lists it in the owner's index.
         """
 
-    async def get(self, scope: str, session_id: str) -> SessionRecord | None: ...
+    async def get(self, owner: str, session_id: str) -> SessionRecord | None: ...
 
     async def list_sessions(
         self,
-        scope: str,
+        owner: str,
         *,
         limit: int,
         order: Literal["asc", "desc"] = "desc",
@@ -208,39 +208,39 @@ class Store(Protocol):
         status: SessionStatus | None = None,
         metadata: dict[str, str] | None = None,
     ) -> tuple[list[SessionRecord], bool] | None:
-        """One page of the scope's sessions in creation order, and whether more follow.
+        """One page of the owner's sessions in creation order, and whether more follow.
 
-        Reads the scope's index (never a key scan); index entries whose session is gone
+        Reads the owner's index (never a key scan); index entries whose session is gone
         are dropped from it on the way. ``after``/``before`` are session ids (exclusive
         cursors, in the listing's order); filters apply before ``limit``. None when a
         cursor names no session of the index.
         """
 
     async def update(
-        self, scope: str, session_id: str, *, title: str | None = None, metadata: dict[str, str] | None = None
+        self, owner: str, session_id: str, *, title: str | None = None, metadata: dict[str, str] | None = None
     ) -> SessionRecord | None:
         """Set the title and/or replace the metadata (None: leave as is); None if it does not exist."""
 
-    async def messages(self, scope: str, session_id: str) -> list[StoredMessage] | None:
+    async def messages(self, owner: str, session_id: str) -> list[StoredMessage] | None:
         """The whole history, oldest first; None if the session does not exist."""
 
-    async def clear(self, scope: str, session_id: str) -> SessionRecord | None:
+    async def clear(self, owner: str, session_id: str) -> SessionRecord | None:
         """Remove every message and kept reply, keep the session (title, usage, ...). None if absent."""
 
-    async def end(self, scope: str, session_id: str) -> SessionRecord | None:
+    async def end(self, owner: str, session_id: str) -> SessionRecord | None:
         """Mark it ended (read-only). None if it does not exist."""
 
-    async def delete(self, scope: str, session_id: str) -> bool:
+    async def delete(self, owner: str, session_id: str) -> bool:
         """Delete it, its messages, its kept replies and its index entry. False if it did not exist."""
 
-    async def renew_lease(self, scope: str, session_id: str, lease: Lease) -> bool:
+    async def renew_lease(self, owner: str, session_id: str, lease: Lease) -> bool:
         """Extend the lease by ``lease.ttl_ms`` if ``lease.token`` still holds it; False if not."""
 
-    async def release_lease(self, scope: str, session_id: str, token: str) -> None:
+    async def release_lease(self, owner: str, session_id: str, token: str) -> None:
         """Drop the lease if ``token`` holds it (a turn that ends without a commit)."""
 
-    async def put_client_secret(self, secret_hash: str, scope: str, session_id: str, ttl: float) -> None:
-        """Remember that ``secret_hash`` opens ``session_id`` of ``scope``, for ``ttl`` seconds."""
+    async def put_client_secret(self, secret_hash: str, owner: str, session_id: str, ttl: float) -> None:
+        """Remember that ``secret_hash`` opens ``session_id`` of ``owner``, for ``ttl`` seconds."""
 
     async def client_secret(self, secret_hash: str) -> tuple[str, str] | None:
-        """(scope, session id) a live secret opens; None if unknown or expired."""
+        """(owner, session id) a live secret opens; None if unknown or expired."""

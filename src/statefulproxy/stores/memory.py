@@ -46,7 +46,7 @@ class MemoryStore:
         self._ttl = ttl
         self._clock = clock
         self._sessions: dict[tuple[str, str], MemorySession] = {}
-        # per scope, its session ids in creation order (dicts keep insertion order)
+        # per owner, its session ids in creation order (dicts keep insertion order)
         self._index: dict[str, dict[str, None]] = {}
         self._secrets: dict[str, tuple[str, str, float]] = {}
         # (token, deadline), apart from the sessions: it may precede one, and delete() leaves it
@@ -69,25 +69,25 @@ class MemoryStore:
     async def ping(self) -> bool:
         return True
 
-    async def scope_secret(self) -> bytes:
+    async def owner_secret(self) -> bytes:
         return self._secret
 
     async def load(
-        self, scope: str, session_id: str, lease: Lease | None = None, idempotency_key: str | None = None
+        self, owner: str, session_id: str, lease: Lease | None = None, idempotency_key: str | None = None
     ) -> SessionSnapshot | None:
         now = self._clock()
         if lease is not None:
             _check_ttl(lease)
-        session = self._lookup(scope, session_id, now)
+        session = self._lookup(owner, session_id, now)
         if session is not None and idempotency_key is not None:
             kept = session.kept_reply(idempotency_key, now)
             if kept is not None:
                 return SessionSnapshot(session_id, session.status(now), [], 0, idempotent=kept)
-        if lease is not None and self._holder(scope, session_id, now) not in (None, lease.token):
+        if lease is not None and self._holder(owner, session_id, now) not in (None, lease.token):
             raise SessionBusy(f"session {session_id!r} is busy: another turn holds its lease")
         if session is None:
             if lease is not None:  # a first turn: the next one on this id waits for it
-                self._leases[scope, session_id] = (lease.token, now + lease.ttl_ms / 1000)
+                self._leases[owner, session_id] = (lease.token, now + lease.ttl_ms / 1000)
             return None
         status = session.status(now)
         if status == "active":
@@ -96,7 +96,7 @@ class MemoryStore:
                 return SessionSnapshot(session_id, status, [], 0, *refused)
             session.deadline = self._deadline(now)
             if lease is not None:
-                self._leases[scope, session_id] = (lease.token, now + lease.ttl_ms / 1000)
+                self._leases[owner, session_id] = (lease.token, now + lease.ttl_ms / 1000)
         return SessionSnapshot(
             id=session_id,
             status=status,
@@ -104,15 +104,15 @@ class MemoryStore:
             leading_system=session.leading_system,
         )
 
-    async def commit(self, scope: str, session_id: str, write: TurnWrite) -> CommitResult:
+    async def commit(self, owner: str, session_id: str, write: TurnWrite) -> CommitResult:
         now = self._clock()
         if write.lease_token is not None:  # whatever the result: in one step with the write, nothing awaits
-            self._release(scope, session_id, write.lease_token, now)
-        session = self._lookup(scope, session_id, now)
+            self._release(owner, session_id, write.lease_token, now)
+        session = self._lookup(owner, session_id, now)
         if session is None:
             if write.create is None:
                 return "missing"
-            session = self._add(scope, session_id, write.create, now)
+            session = self._add(owner, session_id, write.create, now)
         else:
             status = session.status(now)
             if status != "active":
@@ -141,28 +141,28 @@ class MemoryStore:
 
     async def create(
         self,
-        scope: str,
+        owner: str,
         session_id: str,
         new: NewSession,
         messages: Sequence[StoredMessage] = (),
         leading_system: int = 0,
     ) -> SessionRecord | None:
         now = self._clock()
-        if self._lookup(scope, session_id, now) is not None:
+        if self._lookup(owner, session_id, now) is not None:
             return None
-        session = self._add(scope, session_id, new, now)
+        session = self._add(owner, session_id, new, now)
         session.messages = list(messages)
         session.leading_system = leading_system
         return session.record(session_id, now)
 
-    async def get(self, scope: str, session_id: str) -> SessionRecord | None:
+    async def get(self, owner: str, session_id: str) -> SessionRecord | None:
         now = self._clock()
-        session = self._lookup(scope, session_id, now)
+        session = self._lookup(owner, session_id, now)
         return None if session is None else session.record(session_id, now)
 
     async def list_sessions(
         self,
-        scope: str,
+        owner: str,
         *,
         limit: int,
         order: Literal["asc", "desc"] = "desc",
@@ -175,7 +175,7 @@ class MemoryStore:
             raise ValueError("limit must be at least 1")
         now = self._clock()
         self._maybe_sweep(now)
-        ids = list(self._index.get(scope, ()))
+        ids = list(self._index.get(owner, ()))
         if order == "desc":
             ids.reverse()
         if (after is not None and after not in ids) or (before is not None and before not in ids):
@@ -187,7 +187,7 @@ class MemoryStore:
             candidates.reverse()
         found: list[SessionRecord] = []
         for session_id in candidates:
-            session = self._lookup(scope, session_id, now)
+            session = self._lookup(owner, session_id, now)
             if session is None:
                 continue
             record = session.record(session_id, now)
@@ -204,10 +204,10 @@ class MemoryStore:
         return page, len(found) > limit
 
     async def update(
-        self, scope: str, session_id: str, *, title: str | None = None, metadata: dict[str, str] | None = None
+        self, owner: str, session_id: str, *, title: str | None = None, metadata: dict[str, str] | None = None
     ) -> SessionRecord | None:
         now = self._clock()
-        session = self._lookup(scope, session_id, now)
+        session = self._lookup(owner, session_id, now)
         if session is None:
             return None
         if title is not None:
@@ -216,13 +216,13 @@ class MemoryStore:
             session.metadata = dict(metadata)
         return session.record(session_id, now)
 
-    async def messages(self, scope: str, session_id: str) -> list[StoredMessage] | None:
-        session = self._lookup(scope, session_id, self._clock())
+    async def messages(self, owner: str, session_id: str) -> list[StoredMessage] | None:
+        session = self._lookup(owner, session_id, self._clock())
         return None if session is None else list(session.messages)
 
-    async def clear(self, scope: str, session_id: str) -> SessionRecord | None:
+    async def clear(self, owner: str, session_id: str) -> SessionRecord | None:
         now = self._clock()
-        session = self._lookup(scope, session_id, now)
+        session = self._lookup(owner, session_id, now)
         if session is None:
             return None
         if session.status(now) == "active":
@@ -231,33 +231,33 @@ class MemoryStore:
             session.kept.clear()
         return session.record(session_id, now)
 
-    async def end(self, scope: str, session_id: str) -> SessionRecord | None:
+    async def end(self, owner: str, session_id: str) -> SessionRecord | None:
         now = self._clock()
-        session = self._lookup(scope, session_id, now)
+        session = self._lookup(owner, session_id, now)
         if session is None:
             return None
         session.ended = True
         return session.record(session_id, now)
 
-    async def delete(self, scope: str, session_id: str) -> bool:
-        if self._lookup(scope, session_id, self._clock()) is None:
+    async def delete(self, owner: str, session_id: str) -> bool:
+        if self._lookup(owner, session_id, self._clock()) is None:
             return False
-        self._forget(scope, session_id)
+        self._forget(owner, session_id)
         return True
 
-    async def renew_lease(self, scope: str, session_id: str, lease: Lease) -> bool:
+    async def renew_lease(self, owner: str, session_id: str, lease: Lease) -> bool:
         _check_ttl(lease)
         now = self._clock()
-        if self._holder(scope, session_id, now) != lease.token:
+        if self._holder(owner, session_id, now) != lease.token:
             return False
-        self._leases[scope, session_id] = (lease.token, now + lease.ttl_ms / 1000)
+        self._leases[owner, session_id] = (lease.token, now + lease.ttl_ms / 1000)
         return True
 
-    async def release_lease(self, scope: str, session_id: str, token: str) -> None:
-        self._release(scope, session_id, token, self._clock())
+    async def release_lease(self, owner: str, session_id: str, token: str) -> None:
+        self._release(owner, session_id, token, self._clock())
 
-    async def put_client_secret(self, secret_hash: str, scope: str, session_id: str, ttl: float) -> None:
-        self._secrets[secret_hash] = (scope, session_id, self._clock() + ttl)
+    async def put_client_secret(self, secret_hash: str, owner: str, session_id: str, ttl: float) -> None:
+        self._secrets[secret_hash] = (owner, session_id, self._clock() + ttl)
 
     async def client_secret(self, secret_hash: str) -> tuple[str, str] | None:
         now = self._clock()
@@ -270,19 +270,19 @@ class MemoryStore:
             return None
         return found[0], found[1]
 
-    def _holder(self, scope: str, session_id: str, now: float) -> str | None:
+    def _holder(self, owner: str, session_id: str, now: float) -> str | None:
         """The token holding the session's lease, dropping a lease past its deadline."""
-        token, deadline = self._leases.get((scope, session_id), (None, math.inf))
+        token, deadline = self._leases.get((owner, session_id), (None, math.inf))
         if now < deadline:
             return token
-        del self._leases[scope, session_id]
+        del self._leases[owner, session_id]
         return None
 
-    def _release(self, scope: str, session_id: str, token: str, now: float) -> None:
-        if self._holder(scope, session_id, now) == token:
-            del self._leases[scope, session_id]
+    def _release(self, owner: str, session_id: str, token: str, now: float) -> None:
+        if self._holder(owner, session_id, now) == token:
+            del self._leases[owner, session_id]
 
-    def _add(self, scope: str, session_id: str, new: NewSession, now: float) -> MemorySession:
+    def _add(self, owner: str, session_id: str, new: NewSession, now: float) -> MemorySession:
         session = MemorySession(
             created_at=int(now),
             last_active_at=int(now),
@@ -292,26 +292,26 @@ class MemoryStore:
             expires_after=new.expires_after,
             limits=new.limits,
         )
-        self._sessions[scope, session_id] = session
-        self._index.setdefault(scope, {})[session_id] = None
+        self._sessions[owner, session_id] = session
+        self._index.setdefault(owner, {})[session_id] = None
         return session
 
-    def _forget(self, scope: str, session_id: str) -> None:
-        del self._sessions[scope, session_id]
-        index = self._index[scope]
+    def _forget(self, owner: str, session_id: str) -> None:
+        del self._sessions[owner, session_id]
+        index = self._index[owner]
         del index[session_id]
         if not index:
-            del self._index[scope]
+            del self._index[owner]
 
     def _deadline(self, now: float) -> float:
         return math.inf if self._ttl is None else now + self._ttl
 
-    def _lookup(self, scope: str, session_id: str, now: float) -> MemorySession | None:
+    def _lookup(self, owner: str, session_id: str, now: float) -> MemorySession | None:
         """The live session, dropping it if it has been idle past the TTL."""
         self._maybe_sweep(now)
-        session = self._sessions.get((scope, session_id))
+        session = self._sessions.get((owner, session_id))
         if session is not None and now > session.deadline:
-            self._forget(scope, session_id)
+            self._forget(owner, session_id)
             return None
         return session
 
@@ -319,8 +319,8 @@ class MemoryStore:
         if now < self._next_sweep:
             return
         self._next_sweep = now + self._sweep_interval
-        for scope, session_id in [key for key, session in self._sessions.items() if now > session.deadline]:
-            self._forget(scope, session_id)
+        for owner, session_id in [key for key, session in self._sessions.items() if now > session.deadline]:
+            self._forget(owner, session_id)
         for secret_hash in [key for key, (_, _, deadline) in self._secrets.items() if now >= deadline]:
             del self._secrets[secret_hash]
         for key in [key for key, (_, deadline) in self._leases.items() if now >= deadline]:

@@ -2,13 +2,13 @@
 
 Session keys are ``<prefix>:{<h>}:meta`` (hash), ``:msgs`` (list), ``:window`` (sorted set),
 ``:lease`` (the holding turn's token, always with a PX TTL) and ``:kept`` / ``:kept_until``
-(replies kept under idempotency keys, and when each expires), ``h`` a hash of (scope, session id):
+(replies kept under idempotency keys, and when each expires), ``h`` a hash of (owner, session id):
 no raw id or credential hash ever names a key, and the shared ``{h}`` tag keeps each script on one
 Redis Cluster slot. A list element is ``replay + b"\\n" + info`` (orjson never emits a raw newline).
 ``now`` comes from the injected clock, never from Redis ``TIME`` (but lease TTLs are Redis PX times).
 
-Each scope's listing index is ``<prefix>:{i<s>}:index`` (session ids scored by INCR on
-``:seq``), ``s`` a hash of the scope, on its own slot. Creating writes the index entry
+Each owner's listing index is ``<prefix>:{i<s>}:index`` (session ids scored by INCR on
+``:seq``), ``s`` a hash of the owner, on its own slot. Creating writes the index entry
 first and the session second, pipelined in one round trip: an entry without a session is
 dropped at list time, a session without an entry would be invisible. Index and seq keys
 have no TTL (an index must never expire before a session it lists): entries of sessions
@@ -75,7 +75,7 @@ class RedisStore:
         self._prefix = key_prefix
         self._secret: bytes | None = None
         sources = (lua.LOAD, lua.COMMIT, lua.CREATE, lua.UPDATE, lua.CLEAR, lua.MESSAGES, lua.END, lua.DELETE)
-        self._scripts = tuple(Script(s) for s in (*sources, lua.INDEX_DROP, lua.SCOPE_SECRET, *lua.LEASES))
+        self._scripts = tuple(Script(s) for s in (*sources, lua.INDEX_DROP, lua.OWNER_SECRET, *lua.LEASES))
         self._load, self._commit, self._create, self._update, self._clear, self._messages = self._scripts[:6]
         self._end, self._delete, self._index_drop, self._secret_script = self._scripts[6:10]
         self._renew_lease, self._release_lease = self._scripts[10:]
@@ -101,19 +101,19 @@ class RedisStore:
         except (RespError, OSError, TimeoutError):
             return False
 
-    async def scope_secret(self) -> bytes:
+    async def owner_secret(self) -> bytes:
         if self._secret is None:
             key = f"{self._prefix}:secret"
-            with translate_errors("scope_secret"):
+            with translate_errors("owner_secret"):
                 self._secret = bytes(await self._client.run_script(self._secret_script, (key,), (os.urandom(32),)))
         return self._secret
 
     async def load(
-        self, scope: str, session_id: str, lease: Lease | None = None, idempotency_key: str | None = None
+        self, owner: str, session_id: str, lease: Lease | None = None, idempotency_key: str | None = None
     ) -> SessionSnapshot | None:
         now = self._clock()
         args = (int(now), round(now * 1000), self._ttl_ms, idempotency_key or "", *lease_args(lease))
-        found = await self._run("load", self._load, scope, session_id, *args)
+        found = await self._run("load", self._load, owner, session_id, *args)
         if found is None:
             return None
         if isinstance(found, bytes):  # b"busy"
@@ -127,7 +127,7 @@ class RedisStore:
         replay = [element.partition(b"\n")[0] for element in elements]
         return SessionSnapshot(session_id, cast(SessionStatus, status.decode()), replay, int(leading_system))
 
-    async def commit(self, scope: str, session_id: str, write: TurnWrite) -> CommitResult:
+    async def commit(self, owner: str, session_id: str, write: TurnWrite) -> CommitResult:
         new, now = write.create, self._clock()
         args: list[Any] = [int(now), self._ttl_ms, write.drop_leading, write.tail_leading_system]
         args.append(optional(write.title_hint))
@@ -142,18 +142,18 @@ class RedisStore:
         args += encode(write.head)
         args += encode(write.tail)
         if new is None:  # a plain turn: no index work
-            result = await self._run("commit", self._commit, scope, session_id, *args)
+            result = await self._run("commit", self._commit, owner, session_id, *args)
             return cast(CommitResult, result.decode())
-        write_turn = self._client.run_script(self._commit, self._keys(scope, session_id), tuple(args))
-        listed, result = await self._index_then("commit", scope, session_id, write_turn)
+        write_turn = self._client.run_script(self._commit, self._keys(owner, session_id), tuple(args))
+        listed, result = await self._index_then("commit", owner, session_id, write_turn)
         if result == b"new":
-            await self._relist(scope, session_id, listed)
+            await self._relist(owner, session_id, listed)
             return "ok"
         return cast(CommitResult, result.decode())
 
     async def create(
         self,
-        scope: str,
+        owner: str,
         session_id: str,
         new: NewSession,
         messages: Sequence[StoredMessage] = (),
@@ -161,21 +161,21 @@ class RedisStore:
     ) -> SessionRecord | None:
         now = int(self._clock())
         args = (now, self._ttl_ms, *new_fields(new, now), leading_system, *encode(messages))
-        write = self._client.run_script(self._create, self._keys(scope, session_id), args)
-        listed, flat = await self._index_then("create", scope, session_id, write)
+        write = self._client.run_script(self._create, self._keys(owner, session_id), args)
+        listed, flat = await self._index_then("create", owner, session_id, write)
         if flat is None:
             return None
-        await self._relist(scope, session_id, listed)
+        await self._relist(owner, session_id, listed)
         return self._record(session_id, flat)
 
-    async def get(self, scope: str, session_id: str) -> SessionRecord | None:
+    async def get(self, owner: str, session_id: str) -> SessionRecord | None:
         with translate_errors("get"):
-            flat = await self._client.execute(b"HGETALL", self._keys(scope, session_id)[0])
+            flat = await self._client.execute(b"HGETALL", self._keys(owner, session_id)[0])
         return self._record(session_id, flat) if flat else None
 
     async def list_sessions(
         self,
-        scope: str,
+        owner: str,
         *,
         limit: int,
         order: Literal["asc", "desc"] = "desc",
@@ -186,7 +186,7 @@ class RedisStore:
     ) -> tuple[list[SessionRecord], bool] | None:
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        index = self._index_keys(scope)[0]
+        index = self._index_keys(owner)[0]
         # `before` alone pages backwards: walk from it towards the listing's start
         backwards = before is not None and after is None
         first, last = (before, None) if backwards else (after, before)
@@ -210,7 +210,7 @@ class RedisStore:
                 )
                 entries = list(zip(flat[::2], flat[1::2], strict=True))
                 metas = await asyncio.gather(
-                    *(self._client.execute(b"HGETALL", self._keys(scope, sid.decode())[0]) for sid, _ in entries)
+                    *(self._client.execute(b"HGETALL", self._keys(owner, sid.decode())[0]) for sid, _ in entries)
                 )
                 for (sid, score), fields in zip(entries, metas, strict=True):
                     if not fields:
@@ -233,42 +233,42 @@ class RedisStore:
         return page, len(found) > limit
 
     async def update(
-        self, scope: str, session_id: str, *, title: str | None = None, metadata: dict[str, str] | None = None
+        self, owner: str, session_id: str, *, title: str | None = None, metadata: dict[str, str] | None = None
     ) -> SessionRecord | None:
         encoded = "-" if metadata is None else b"+" + orjson.dumps(metadata)
-        flat = await self._run("update", self._update, scope, session_id, optional(title), encoded)
+        flat = await self._run("update", self._update, owner, session_id, optional(title), encoded)
         return None if flat is None else self._record(session_id, flat)
 
-    async def messages(self, scope: str, session_id: str) -> list[StoredMessage] | None:
-        elements = await self._run("messages", self._messages, scope, session_id)
+    async def messages(self, owner: str, session_id: str) -> list[StoredMessage] | None:
+        elements = await self._run("messages", self._messages, owner, session_id)
         if elements is None:
             return None
         return [StoredMessage(replay, info) for replay, _, info in (e.partition(b"\n") for e in elements)]
 
-    async def clear(self, scope: str, session_id: str) -> SessionRecord | None:
-        flat = await self._run("clear", self._clear, scope, session_id, int(self._clock()))
+    async def clear(self, owner: str, session_id: str) -> SessionRecord | None:
+        flat = await self._run("clear", self._clear, owner, session_id, int(self._clock()))
         return None if flat is None else self._record(session_id, flat)
 
-    async def end(self, scope: str, session_id: str) -> SessionRecord | None:
-        flat = await self._run("end", self._end, scope, session_id)
+    async def end(self, owner: str, session_id: str) -> SessionRecord | None:
+        flat = await self._run("end", self._end, owner, session_id)
         return None if flat is None else self._record(session_id, flat)
 
-    async def delete(self, scope: str, session_id: str) -> bool:
+    async def delete(self, owner: str, session_id: str) -> bool:
         # the session first: an index entry left alone is harmless, a session without one is not
-        deleted = self._client.run_script(self._delete, self._keys(scope, session_id), ())
-        unlisted = self._client.execute(b"ZREM", self._index_keys(scope)[0], session_id)
+        deleted = self._client.run_script(self._delete, self._keys(owner, session_id), ())
+        unlisted = self._client.execute(b"ZREM", self._index_keys(owner)[0], session_id)
         with translate_errors("delete"):
             existed, _ = await asyncio.gather(deleted, unlisted)
         return bool(existed)
 
-    async def renew_lease(self, scope: str, session_id: str, lease: Lease) -> bool:
-        return bool(await self._run("renew_lease", self._renew_lease, scope, session_id, *lease_args(lease)))
+    async def renew_lease(self, owner: str, session_id: str, lease: Lease) -> bool:
+        return bool(await self._run("renew_lease", self._renew_lease, owner, session_id, *lease_args(lease)))
 
-    async def release_lease(self, scope: str, session_id: str, token: str) -> None:
-        await self._run("release_lease", self._release_lease, scope, session_id, token)
+    async def release_lease(self, owner: str, session_id: str, token: str) -> None:
+        await self._run("release_lease", self._release_lease, owner, session_id, token)
 
-    async def put_client_secret(self, secret_hash: str, scope: str, session_id: str, ttl: float) -> None:
-        key, value = f"{self._prefix}:cs:{secret_hash}", f"{scope}\n{session_id}"
+    async def put_client_secret(self, secret_hash: str, owner: str, session_id: str, ttl: float) -> None:
+        key, value = f"{self._prefix}:cs:{secret_hash}", f"{owner}\n{session_id}"
         with translate_errors("put_client_secret"):
             await self._client.execute(b"SET", key, value, b"PX", max(round(ttl * 1000), 1))
 
@@ -277,35 +277,35 @@ class RedisStore:
             value = await self._client.execute(b"GET", f"{self._prefix}:cs:{secret_hash}")
         if value is None:
             return None
-        scope, _, session_id = value.decode().partition("\n")
-        return scope, session_id
+        owner, _, session_id = value.decode().partition("\n")
+        return owner, session_id
 
-    def _keys(self, scope: str, session_id: str) -> tuple[str, ...]:
-        digest = hashlib.blake2b(f"{scope}\0{session_id}".encode(), digest_size=16).hexdigest()
+    def _keys(self, owner: str, session_id: str) -> tuple[str, ...]:
+        digest = hashlib.blake2b(f"{owner}\0{session_id}".encode(), digest_size=16).hexdigest()
         base = f"{self._prefix}:{{{digest}}}"
         return f"{base}:meta", f"{base}:msgs", f"{base}:window", f"{base}:lease", f"{base}:kept", f"{base}:kept_until"
 
-    def _index_keys(self, scope: str) -> tuple[str, str]:
-        digest = hashlib.blake2b(scope.encode(), digest_size=16).hexdigest()
+    def _index_keys(self, owner: str) -> tuple[str, str]:
+        digest = hashlib.blake2b(owner.encode(), digest_size=16).hexdigest()
         return f"{self._prefix}:{{i{digest}}}:index", f"{self._prefix}:{{i{digest}}}:seq"
 
-    async def _run(self, operation: str, script: Script, scope: str, session_id: str, *args: Any) -> Any:
+    async def _run(self, operation: str, script: Script, owner: str, session_id: str, *args: Any) -> Any:
         with translate_errors(operation):
-            return await self._client.run_script(script, self._keys(scope, session_id), args)
+            return await self._client.run_script(script, self._keys(owner, session_id), args)
 
-    async def _index_then(self, operation: str, scope: str, session_id: str, write: Any) -> tuple[bool, Any]:
-        """List ``session_id`` in the scope's index, then run ``write``: one pipelined round trip."""
+    async def _index_then(self, operation: str, owner: str, session_id: str, write: Any) -> tuple[bool, Any]:
+        """List ``session_id`` in the owner's index, then run ``write``: one pipelined round trip."""
         # RespClient writes each command as its task starts, and gather starts them in order.
-        index, seq = self._index_keys(scope)
+        index, seq = self._index_keys(owner)
         listed = self._client.execute(b"EVAL", self._index_add, 2, index, seq, session_id, b"0")
         with translate_errors(operation):
             added, result = await asyncio.gather(listed, write)
         return bool(added), result
 
-    async def _relist(self, scope: str, session_id: str, listed: bool) -> None:
+    async def _relist(self, owner: str, session_id: str, listed: bool) -> None:
         # Created, but its id was listed already: a dead namesake's entry. Move it to the newest.
         if not listed:
-            index, seq = self._index_keys(scope)
+            index, seq = self._index_keys(owner)
             with translate_errors("create"):
                 await self._client.execute(b"EVAL", self._index_add, 2, index, seq, session_id, b"1")
 

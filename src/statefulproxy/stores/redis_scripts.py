@@ -270,7 +270,7 @@ return 0
 
 LEASES = (RENEW_LEASE, RELEASE_LEASE)
 
-# Scope index: KEYS index (sorted set), seq (counter), under the scope's own hash tag.
+# Owner index: KEYS index (sorted set), seq (counter), under the owner's own hash tag.
 # ARGV: session id, force "0"/"1". Adds the id at the newest position unless it is there
 # already (force: move it there). -> 1 written, 0 already listed
 INDEX_ADD = """
@@ -288,7 +288,7 @@ end
 return 0
 """
 
-SCOPE_SECRET = """
+OWNER_SECRET = """
 redis.call('SET', KEYS[1], ARGV[1], 'NX')
 return redis.call('GET', KEYS[1])
 """

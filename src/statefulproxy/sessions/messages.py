@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import orjson
 
-from .errors import ClientError
+from ..errors import ClientError
 
 ReasoningField = Literal["none", "reasoning_content", "reasoning"]
 

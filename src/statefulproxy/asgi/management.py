@@ -13,6 +13,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
+from ..errors import ClientError, StoreError
+from ..sessions.identity import SESSION_ID_PATTERN, Grant, client_secret_hash, mint_client_secret, mint_session_id
+from ..sessions.messages import SYSTEM_ROLES
+from ..stores.base import NewSession, SessionRecord, Store
+from ..types import Headers, Receive, Scope, Send
 from .api_models import (
     list_envelope,
     message_id,
@@ -25,13 +30,8 @@ from .api_models import (
     parse_update,
     session_object,
 )
-from .errors import ClientError, StoreError
-from .identity import SESSION_ID_PATTERN, Grant, client_secret_hash, mint_client_secret, mint_session_id
-from .messages import SYSTEM_ROLES
 from .openapi import OPENAPI_PATH_SUFFIX, openapi_document
 from .replies import send_error, send_failure, send_object
-from .stores.base import NewSession, SessionRecord, Store
-from .types import Headers, Receive, Scope, Send
 
 logger = logging.getLogger("statefulproxy")
 
@@ -45,12 +45,12 @@ class ManagementAPI:
     def __init__(
         self,
         store: Store,
-        scope_for: Callable[[Headers], Awaitable[str]],
+        owner_for: Callable[[Headers], Awaitable[str]],
         prefix: str,
         upstream_api_key: str | None,
     ) -> None:
         self.store = store
-        self.scope_for = scope_for
+        self.owner_for = owner_for
         self.upstream_api_key = upstream_api_key
         self.openapi = openapi_document(prefix)
 
@@ -75,7 +75,7 @@ class ManagementAPI:
         if rest in ("", "/"):
             if grant is not None:
                 raise _forbidden()
-            owner = await self.scope_for(scope["headers"])
+            owner = await self.owner_for(scope["headers"])
             if method == "POST":
                 return await self._create(owner, await _read_body(receive))
             if method == "GET":
@@ -91,9 +91,9 @@ class ManagementAPI:
             # a client secret reads its own session and nothing else
             if session_id != grant.session_id or method != "GET" or action not in (None, "/messages"):
                 raise _forbidden()
-            owner = grant.scope
+            owner = grant.owner
         else:
-            owner = await self.scope_for(scope["headers"])
+            owner = await self.owner_for(scope["headers"])
         return await self._session_call(owner, session_id, action, method, scope, receive)
 
     async def _session_call(

@@ -15,29 +15,29 @@ from typing import Any
 
 import orjson
 
-from .assemble import AssistantReply
-from .errors import ClientError, StoreError
-from .idempotency import IdempotencyKey, idempotency_key
-from .identity import (
+from ..dialects.openai_stream import AssistantReply
+from ..errors import ClientError, StoreError
+from ..sessions.idempotency import IdempotencyKey, idempotency_key
+from ..sessions.identity import (
     MINTED_PREFIX,
     Grant,
     body_session_id,
     credential,
     header_session_id,
     mint_session_id,
+    owner_of,
     resolve_session_id,
-    scope_of,
 )
-from .leases import TurnLease
-from .messages import MessageIds, validate_messages
+from ..sessions.leases import TurnLease
+from ..sessions.messages import MessageIds, validate_messages
+from ..sessions.retries import completion_body, completion_stream, is_retry, recorded_reply
+from ..sessions.splice import TurnPlan, plan_turn
+from ..sessions.turn_writes import turn_write
+from ..settings import Settings
+from ..stores.base import IdempotentReply, SessionSnapshot, Store
+from ..types import ASGIApp, Headers, Message, Receive, Scope, Send
 from .replies import send_error, send_failure
-from .retries import completion_body, completion_stream, is_retry, recorded_reply
-from .settings import Settings
-from .splice import TurnPlan, plan_turn
-from .stores.base import IdempotentReply, SessionSnapshot, Store
 from .tap import ResponseTap
-from .turn_writes import turn_write
-from .types import ASGIApp, Headers, Message, Receive, Scope, Send
 
 logger = logging.getLogger("statefulproxy")
 
@@ -62,7 +62,7 @@ class TurnContext:
     store: Store
     settings: Settings
     header_names: frozenset[bytes]
-    scope_secret: Callable[[], Awaitable[bytes]]
+    owner_secret: Callable[[], Awaitable[bytes]]
     message_ids: MessageIds
     upstream_authorization: bytes | None  # "Bearer <key>" for client-secret requests
 
@@ -75,7 +75,7 @@ class ChatTurn:
         self.store = context.store
         self.settings = context.settings
         self.header_names = context.header_names
-        self.scope_secret = context.scope_secret
+        self.owner_secret = context.owner_secret
         self.message_ids = context.message_ids
         self.upstream_authorization = context.upstream_authorization
         self.grant = grant
@@ -143,21 +143,21 @@ class ChatTurn:
         minted = session_id is None
         # a minted id goes through the store too: its first turn needs the store to be there
         try:
-            scope_hash = await self._scope_hash()
+            owner = await self._owner()
             if session_id is None:
-                session_id = mint_session_id() if key is None else key.session_id(scope_hash)
+                session_id = mint_session_id() if key is None else key.session_id(owner)
             if record:
-                lease = TurnLease(self.store, scope_hash, session_id, self.settings)
+                lease = TurnLease(self.store, owner, session_id, self.settings)
                 snapshot = await lease.load(None if key is None else key.hashed)
             else:
-                snapshot = await self.store.load(scope_hash, session_id)
+                snapshot = await self.store.load(owner, session_id)
         except StoreError as exc:
             if self.settings.on_store_error != "passthrough":
                 raise
             # configured to degrade: the turn goes upstream without its history, unrecorded
             logger.warning("session store unavailable, forwarding without history: %s", exc)
             session_id = session_id or mint_session_id()
-            scope_hash, lease, record, key = "", None, False, None
+            owner, lease, record, key = "", None, False, None
         else:
             if snapshot is not None and snapshot.idempotent is not None and key is not None:
                 await self._send_recorded(key.reply(snapshot.idempotent), parsed, session_id)  # no lease taken
@@ -174,7 +174,7 @@ class ChatTurn:
                     await _release(lease)
                     raise
         try:
-            await self._forward_turn(parsed, sent, session_id, scope_hash, snapshot, lease, record, key)
+            await self._forward_turn(parsed, sent, session_id, owner, snapshot, lease, record, key)
         finally:
             await _release(lease)
 
@@ -183,7 +183,7 @@ class ChatTurn:
         parsed: dict[str, Any],
         sent: list[dict[str, Any]],
         session_id: str,
-        scope_hash: str,
+        owner: str,
         snapshot: SessionSnapshot | None,
         lease: TurnLease | None,
         record: bool,
@@ -235,7 +235,7 @@ class ChatTurn:
                 write = dataclasses.replace(write, idempotent=kept)
             if lease is not None:
                 write = dataclasses.replace(write, lease_token=lease.token)
-            result = await self.store.commit(scope_hash, session_id, write)
+            result = await self.store.commit(owner, session_id, write)
             if lease is not None:
                 lease.released = True  # the commit released it in the same step
             if result != "ok":
@@ -246,10 +246,10 @@ class ChatTurn:
         tap = ResponseTap(self.send, session_id, commit)
         await self.app(scope, self.receive_replayed_body, tap.send_and_record)
 
-    async def _scope_hash(self) -> str:
+    async def _owner(self) -> str:
         if self.grant is not None:
-            return self.grant.scope
-        return scope_of(credential(self.scope["headers"]), await self.scope_secret())
+            return self.grant.owner
+        return owner_of(credential(self.scope["headers"]), await self.owner_secret())
 
     async def _send_recorded(self, reply: dict[str, Any], parsed: dict[str, Any], session_id: str) -> None:
         """Answer a retry of the last recorded turn from the history: no upstream call, no new turn."""

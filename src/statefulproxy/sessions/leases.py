@@ -18,9 +18,9 @@ import logging
 import secrets
 import time
 
-from .errors import ClientError, SessionBusy, StoreError
-from .settings import Settings
-from .stores.base import Lease, SessionSnapshot, Store
+from ..errors import ClientError, SessionBusy, StoreError
+from ..settings import Settings
+from ..stores.base import Lease, SessionSnapshot, Store
 
 logger = logging.getLogger("statefulproxy")
 
@@ -36,9 +36,9 @@ _releasing: set[asyncio.Task[None]] = set()
 class TurnLease:
     """The lease of one turn on one session."""
 
-    def __init__(self, store: Store, scope: str, session_id: str, settings: Settings) -> None:
+    def __init__(self, store: Store, owner: str, session_id: str, settings: Settings) -> None:
         self.store = store
-        self.scope = scope
+        self.owner = owner
         self.session_id = session_id
         self.lease = Lease(secrets.token_hex(16), max(int(settings.lease_ttl * 1000), 1))
         self.settings = settings
@@ -58,7 +58,7 @@ class TurnLease:
         backoff = _FIRST_BACKOFF
         while True:
             try:
-                return await self.store.load(self.scope, self.session_id, self.lease, idempotency_key)
+                return await self.store.load(self.owner, self.session_id, self.lease, idempotency_key)
             except StoreError:
                 self.released = True
                 self._release_in_background()  # the store may have taken it before the call failed
@@ -86,7 +86,7 @@ class TurnLease:
         self.released = True
         try:
             # shielded: a client that disconnected must not leave the session locked until the TTL
-            await asyncio.shield(self.store.release_lease(self.scope, self.session_id, self.lease.token))
+            await asyncio.shield(self.store.release_lease(self.owner, self.session_id, self.lease.token))
         except StoreError as exc:
             logger.warning("lease not released yet, retrying while it lasts: %s", exc)
             self._release_in_background()
@@ -102,7 +102,7 @@ class TurnLease:
         while time.monotonic() + backoff < deadline:
             await asyncio.sleep(backoff)  # waiting for the store to come back
             try:
-                await self.store.release_lease(self.scope, self.session_id, self.lease.token)
+                await self.store.release_lease(self.owner, self.session_id, self.lease.token)
             except StoreError:
                 backoff = min(backoff * 2, _MAX_RELEASE_BACKOFF)
             else:
@@ -113,7 +113,7 @@ class TurnLease:
         while True:
             await asyncio.sleep(interval)
             try:
-                if not await self.store.renew_lease(self.scope, self.session_id, self.lease):
+                if not await self.store.renew_lease(self.owner, self.session_id, self.lease):
                     logger.warning("lease of a session lost while its turn ran")
                     return
             except StoreError as exc:

@@ -12,10 +12,10 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-from .errors import UpstreamError, UpstreamTimeout
+from ..errors import UpstreamError, UpstreamTimeout
+from ..types import Headers, Message, Receive, Scope, Send
+from ..upstream import UpstreamClient, UpstreamResponse
 from .replies import send_failure
-from .types import Headers, Message, Receive, Scope, Send
-from .upstream import UpstreamClient, UpstreamResponse
 
 logger = logging.getLogger("statefulproxy")
 

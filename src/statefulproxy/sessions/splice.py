@@ -21,8 +21,8 @@ from typing import Any, Literal
 
 import orjson
 
+from ..stores.base import DROP_ALL
 from .messages import ReasoningField, canonical, leading_system_count
-from .stores.base import DROP_ALL
 
 SpliceMode = Literal["new", "full_array", "resume", "replace"]
 

@@ -18,10 +18,10 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 
-from .assemble import AssistantReply, reply_from_completion
-from .errors import StoreError, error_body
-from .recorder import ChatStreamRecorder
-from .types import Headers, Message, Send
+from ..dialects.openai_recorder import ChatStreamRecorder
+from ..dialects.openai_stream import AssistantReply, reply_from_completion
+from ..errors import StoreError, error_body
+from ..types import Headers, Message, Send
 
 logger = logging.getLogger("statefulproxy")
 

@@ -1,4 +1,4 @@
-"""Who a request belongs to: its session id and its credential scope.
+"""Who a request belongs to: its session id and its owner (a keyed hash of its credential).
 
 Pure functions over the parsed body and the ASGI header list.
 """
@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ClientError
+from ..errors import ClientError
 
 SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 MINTED_PREFIX = "sess_"
@@ -96,8 +96,8 @@ def credential(headers: Headers) -> bytes | None:
     return bearer or api_key or azure_key or None
 
 
-def scope_of(credential: bytes | None, secret: bytes) -> str:
-    """A keyed hash naming the credential's scope; the credential itself is never kept."""
+def owner_of(credential: bytes | None, secret: bytes) -> str:
+    """The owner of a credential: a keyed hash of it; the credential itself is never kept."""
     message = b"anonymous" if credential is None else b"key:" + credential
     return hmac.digest(secret, message, hashlib.sha256).hex()[:32]
 
@@ -107,9 +107,9 @@ CLIENT_SECRET_PREFIX = "spcs_"
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """What a client secret opens: one session of one scope."""
+    """What a client secret opens: one session of one owner."""
 
-    scope: str
+    owner: str
     session_id: str
 
 

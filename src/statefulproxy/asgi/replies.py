@@ -6,8 +6,8 @@ from typing import Any
 
 import orjson
 
-from .errors import ClientError, error_body
-from .types import Headers, Send
+from ..errors import ClientError, error_body
+from ..types import Headers, Send
 
 
 async def send_json(send: Send, status: int, body: bytes, headers: Headers | None = None) -> None:

@@ -13,9 +13,9 @@ from typing import Any, Literal, cast
 
 import orjson
 
-from .errors import ClientError
-from .identity import SESSION_ID_PATTERN
-from .stores.base import ExpiresAfter, NewSession, SessionLimits, SessionRecord, SessionStatus, StoredMessage
+from ..errors import ClientError
+from ..sessions.identity import SESSION_ID_PATTERN
+from ..stores.base import ExpiresAfter, NewSession, SessionLimits, SessionRecord, SessionStatus, StoredMessage
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100

@@ -12,15 +12,15 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from ..errors import ClientError, StoreError
+from ..sessions.identity import Grant, client_secret_hash, client_secret_of, credential, owner_of
+from ..sessions.messages import MessageIds
+from ..settings import Settings, resolve_upstream_api_key, settings_from_mapping
+from ..stores import Store, store_from_url
+from ..types import ASGIApp, Headers, Message, Receive, Scope, Send
 from .chat import ChatTurn, TurnContext, is_chat_request
-from .errors import ClientError, StoreError
-from .identity import Grant, client_secret_hash, client_secret_of, credential, scope_of
 from .management import ManagementAPI
-from .messages import MessageIds
 from .replies import send_error, send_failure
-from .settings import Settings, resolve_upstream_api_key, settings_from_mapping
-from .stores import Store, store_from_url
-from .types import ASGIApp, Headers, Message, Receive, Scope, Send
 
 
 class SessionMiddleware:
@@ -56,14 +56,14 @@ class SessionMiddleware:
         self.header_names = frozenset(name.encode("latin-1") for name in settings.session_headers)
         self.prefix = settings.sessions_prefix
         upstream_key = resolve_upstream_api_key(settings, os.environ if environ is None else environ)
-        self.management = ManagementAPI(self.store, self.scope_for, self.prefix, upstream_key)
+        self.management = ManagementAPI(self.store, self.owner_for, self.prefix, upstream_key)
         self._secret: bytes | None = settings.scope_secret.encode() if settings.scope_secret else None
         self.turns = TurnContext(
             app=app,
             store=self.store,
             settings=settings,
             header_names=self.header_names,
-            scope_secret=self.scope_secret,
+            owner_secret=self.owner_secret,
             message_ids=MessageIds(),
             upstream_authorization=None if upstream_key is None else b"Bearer " + upstream_key.encode("latin-1"),
         )
@@ -86,13 +86,13 @@ class SessionMiddleware:
         else:
             await self.app(scope, receive, send)
 
-    async def scope_secret(self) -> bytes:
+    async def owner_secret(self) -> bytes:
         if self._secret is None:
-            self._secret = await self.store.scope_secret()
+            self._secret = await self.store.owner_secret()
         return self._secret
 
-    async def scope_for(self, headers: Headers) -> str:
-        return scope_of(credential(headers), await self.scope_secret())
+    async def owner_for(self, headers: Headers) -> str:
+        return owner_of(credential(headers), await self.owner_secret())
 
     async def _with_client_secret(self, token: bytes, scope: Scope, receive: Receive, send: Send) -> None:
         """A browser's request: it may chat on and read one session, and reach nothing else."""

@@ -8,8 +8,8 @@ refuses, for servers that do not, and add one it accepts: a transfer coding othe
 
 from __future__ import annotations
 
-from .errors import ClientError
-from .types import Headers
+from ..errors import ClientError
+from ..types import Headers
 
 _CONTENT_LENGTH = b"content-length"
 _TRANSFER_ENCODING = b"transfer-encoding"

@@ -15,8 +15,8 @@ from typing import Any
 
 import orjson
 
+from ..types import Headers
 from .splice import TurnPlan
-from .types import Headers
 
 RETRY_HEADER = b"x-stainless-retry-count"
 

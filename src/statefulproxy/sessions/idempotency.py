@@ -15,9 +15,9 @@ from typing import Any
 
 import orjson
 
-from .errors import ClientError
+from ..errors import ClientError
+from ..types import Headers
 from .identity import MINTED_PREFIX
-from .types import Headers
 
 HEADER = b"idempotency-key"
 MAX_KEY_LENGTH = 255
@@ -45,13 +45,13 @@ class IdempotencyKey:
         parsed: dict[str, Any] = orjson.loads(message)
         return parsed
 
-    def session_id(self, scope_hash: str) -> str:
+    def session_id(self, owner: str) -> str:
         """The id a session created by this request gets when the client names none.
 
         Derived, not random, so that a retry of a first turn finds the session its first
         attempt created; only this credential can open it.
         """
-        digest = hashlib.blake2b(f"{scope_hash}\0{self.hashed}".encode(), digest_size=16).hexdigest()
+        digest = hashlib.blake2b(f"{owner}\0{self.hashed}".encode(), digest_size=16).hexdigest()
         return MINTED_PREFIX + digest
 
 

@@ -8,11 +8,11 @@ from typing import Any
 
 import orjson
 
-from .assemble import AssistantReply
+from ..dialects.openai_stream import AssistantReply
+from ..settings import ReplayReasoning
+from ..stores.base import NewSession, StoredMessage, TurnWrite
 from .messages import canonical, title_from
-from .settings import ReplayReasoning
 from .splice import TurnPlan
-from .stores.base import NewSession, StoredMessage, TurnWrite
 
 
 def turn_write(

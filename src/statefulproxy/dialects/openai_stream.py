@@ -13,19 +13,9 @@ from typing import Any
 
 import orjson
 
+from .base import AssistantReply
+
 __all__ = ["AssistantReply", "ChatStreamAccumulator", "reply_from_completion"]
-
-
-@dataclass(slots=True)
-class AssistantReply:
-    """The assistant turn an upstream produced, and what the proxy keeps beside it."""
-
-    message: dict[str, Any]  # role, content, and only when present: name, tool_calls, refusal
-    reasoning: str | None
-    usage: dict[str, int] | None
-    finish_reason: str | None
-    model: str | None
-    response_id: str | None
 
 
 class _Malformed(Exception):

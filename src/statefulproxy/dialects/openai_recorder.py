@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .assemble import AssistantReply, ChatStreamAccumulator
+from .openai_stream import AssistantReply, ChatStreamAccumulator
 from .sse import SSEDecodeError, SSEDecoder
 
 __all__ = ["ChatStreamRecorder"]
