@@ -228,10 +228,55 @@ def test_precedence_bearer_then_x_api_key_then_api_key() -> None:
     assert credential(list(reversed(everything[:2]))) == b"anthropic"
 
 
-@pytest.mark.parametrize("authorization", [b"Bearer", b"Bearer ", b"Bearer    ", b"Basic dXNlcjpwYXNz", b"sk-raw"])
-def test_empty_or_non_bearer_authorization_ignored(authorization: bytes) -> None:
-    assert credential([(b"authorization", authorization)]) is None
+@pytest.mark.parametrize("authorization", [b"Basic dXNlcjpwYXNz", b"sk-raw", b"Token abc", b"Bearer", b"Bearer   "])
+def test_any_other_authorization_is_a_credential_taken_whole(authorization: bytes) -> None:
+    # issue 10, defect 1: these fell into the shared anonymous owner, readable by anyone
+    assert credential([(b"authorization", authorization)]) == authorization.strip()
+    # a key header is more specific than an authorization the proxy cannot read
     assert credential([(b"authorization", authorization), (b"x-api-key", b"k")]) == b"k"
+
+
+@pytest.mark.parametrize("separator", [b"\t", b" \t ", b"  "])
+def test_bearer_with_any_whitespace(separator: bytes) -> None:
+    assert credential([(b"authorization", b"Bearer" + separator + b"sk-abc")]) == b"sk-abc"
+
+
+def test_gemini_key_header() -> None:
+    assert credential([(b"x-goog-api-key", b"AIza-1")]) == b"AIza-1"
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        (b"api-key=azure-1", b"azure-1"),
+        (b"key=AIza-2", b"AIza-2"),
+        (b"alt=sse&key=AIza%2B3", b"AIza+3"),
+        (b"key=&api-key=k4", b"k4"),
+        (b"api-key=a&key=b", b"a"),
+        (b"alt=sse", None),
+        (b"key=", None),
+    ],
+)
+def test_query_parameter_keys(query: bytes, expected: bytes | None) -> None:
+    assert credential([], query) == expected
+
+
+def test_headers_before_query_and_query_before_other_authorization() -> None:
+    assert credential([(b"x-goog-api-key", b"h")], b"key=q") == b"h"
+    assert credential([(b"authorization", b"Basic zzz")], b"key=q") == b"q"
+
+
+def test_distinct_credentials_are_distinct_owners() -> None:
+    forms = [
+        credential([(b"authorization", b"Basic dXNlcjpwYXNz")]),
+        credential([(b"authorization", b"Basic b3RoZXI6cGFzcw==")]),
+        credential([], b"api-key=one"),
+        credential([], b"key=two"),
+        credential([(b"authorization", b"Bearer\tthree")]),
+    ]
+    owners = {owner_of(form, SECRET) for form in forms}
+    assert len(owners) == len(forms)
+    assert owner_of(None, SECRET) not in owners
 
 
 def test_no_credential() -> None:

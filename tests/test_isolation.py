@@ -305,3 +305,61 @@ def test_a_client_secret_opens_its_own_session_for_reading_and_chatting_only(sta
     # the second secret still reads its own session, and only that
     assert browser_b.session(session_b)["message_count"] == 2
     assert browser_b.request("GET", f"{SESSIONS}/{session_a}").status_code == 403
+
+
+# --- issue 10, defect 1: every credential its own owner ---------------------------------------------
+
+# credentials the proxy once could not read, so their sessions fell into the shared anonymous owner
+UNREAD_BEFORE = {
+    "basic": lambda secret: ({"authorization": f"Basic {secret}"}, {}),
+    "bearer with a tab": lambda secret: ({"authorization": f"Bearer\t{secret}"}, {}),
+    "other scheme": lambda secret: ({"authorization": f"Token {secret}"}, {}),
+    "raw authorization": lambda secret: ({"authorization": secret}, {}),
+    "x-goog-api-key": lambda secret: ({"x-goog-api-key": secret}, {}),
+    "query api-key": lambda secret: ({}, {"api-key": secret}),
+    "query key": lambda secret: ({}, {"key": secret}),
+}
+
+
+@pytest.mark.parametrize("source", UNREAD_BEFORE)
+def test_every_credential_form_is_an_owner_of_its_own(stack: Stack, http: httpx2.Client, source: str) -> None:
+    def as_(secret: str | None, method: str, path: str, **options: Any) -> httpx2.Response:
+        headers, params = UNREAD_BEFORE[source](secret) if secret is not None else ({}, {})
+        return http.request(method, path, headers=headers, params={**params, **options.pop("params", {})}, **options)
+
+    owner, other = f"c-{uuid.uuid4().hex}", f"c-{uuid.uuid4().hex}"
+    session_id = f"cred-{uuid.uuid4().hex[:12]}"
+    body = {"model": "m", "messages": [user("private to its owner")], "metadata": {"session_id": session_id}}
+    assert as_(owner, "POST", CHAT, json=body).status_code == 200
+
+    assert as_(owner, "GET", f"{SESSIONS}/{session_id}").status_code == 200
+    listed = as_(owner, "GET", SESSIONS).json()["data"]
+    assert [found["id"] for found in listed] == [session_id]
+    for stranger in (None, other):  # anonymous, and another credential of the same form
+        assert as_(stranger, "GET", f"{SESSIONS}/{session_id}").status_code == 404
+        assert as_(stranger, "GET", f"{SESSIONS}/{session_id}/messages").status_code == 404
+        assert session_id not in [found["id"] for found in as_(stranger, "GET", SESSIONS).json()["data"]]
+
+
+def test_require_credential_refuses_anonymous_session_requests(redis_url: str) -> None:
+    upstream = ScriptedUpstream()
+    with serve(upstream, loop="uvloop") as upstream_url:
+        settings = settings_from_mapping({"upstream": upstream_url, "require_credential": True}, source="test")
+        with serve(ProxyApp(settings), loop="uvloop") as url, httpx2.Client(base_url=url, timeout=10) as http:
+            named = {"model": "m", "messages": [user("hi")], "metadata": {"session_id": "needs-a-key"}}
+            refused = [
+                http.post(CHAT, json=named),
+                http.post(CHAT, json={"model": "m", "store": True, "messages": [user("hi")]}),
+                http.get(SESSIONS),
+                http.post(SESSIONS, json={}),
+                http.get(f"{SESSIONS}/needs-a-key"),
+            ]
+            for response in refused:
+                assert response.status_code == 401, response.text
+                assert response.json()["error"]["code"] == "credential_required"
+            assert upstream.chat_requests == []
+            # stateless traffic is not a session request: it passes through
+            assert http.post(CHAT, json={"model": "m", "messages": [user("hi")]}).status_code == 200
+            keyed = http.post(CHAT, json=named, headers={"authorization": "Basic dXNlcjpwYXNz"})
+            assert keyed.status_code == 200
+            assert len(upstream.chat_requests) == 2

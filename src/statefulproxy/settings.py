@@ -64,6 +64,7 @@ class Settings:
     forward_store: bool = False
     replay_reasoning: ReplayReasoning = "none"
     scope_secret: str | None = None
+    require_credential: bool = False
     upstream_api_key: str | None = None
     upstream_api_key_env: str | None = None
     on_busy: OnBusy = "wait"
@@ -210,6 +211,7 @@ _PARSERS: Final[Mapping[str, Callable[[Any], Any]]] = MappingProxyType(
         "forward_store": values.boolean,
         "replay_reasoning": values.choice(get_args(ReplayReasoning)),
         "scope_secret": values.secret,
+        "require_credential": values.boolean,
         "upstream_api_key": values.secret,
         "upstream_api_key_env": values.secret,
         "on_busy": values.choice(get_args(OnBusy)),

@@ -22,10 +22,8 @@ from ..sessions.identity import (
     MINTED_PREFIX,
     Grant,
     body_session_id,
-    credential,
     header_session_id,
     mint_session_id,
-    owner_of,
     resolve_session_id,
 )
 from ..sessions.leases import TurnLease
@@ -62,7 +60,7 @@ class TurnContext:
     store: Store
     settings: Settings
     header_names: frozenset[bytes]
-    owner_secret: Callable[[], Awaitable[bytes]]
+    owner_for: Callable[[Scope], Awaitable[str]]  # 401 for an anonymous request when a credential is required
     message_ids: MessageIds
     upstream_authorization: bytes | None  # "Bearer <key>" for client-secret requests
 
@@ -75,7 +73,7 @@ class ChatTurn:
         self.store = context.store
         self.settings = context.settings
         self.header_names = context.header_names
-        self.owner_secret = context.owner_secret
+        self.owner_for = context.owner_for
         self.message_ids = context.message_ids
         self.upstream_authorization = context.upstream_authorization
         self.grant = grant
@@ -249,7 +247,7 @@ class ChatTurn:
     async def _owner(self) -> str:
         if self.grant is not None:
             return self.grant.owner
-        return owner_of(credential(self.scope["headers"]), await self.owner_secret())
+        return await self.owner_for(self.scope)
 
     async def _send_recorded(self, reply: dict[str, Any], parsed: dict[str, Any], session_id: str) -> None:
         """Answer a retry of the last recorded turn from the history: no upstream call, no new turn."""

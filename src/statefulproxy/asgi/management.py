@@ -17,7 +17,7 @@ from ..errors import ClientError, StoreError
 from ..sessions.identity import SESSION_ID_PATTERN, Grant, client_secret_hash, mint_client_secret, mint_session_id
 from ..sessions.messages import SYSTEM_ROLES
 from ..stores.base import NewSession, SessionRecord, Store
-from ..types import Headers, Receive, Scope, Send
+from ..types import Receive, Scope, Send
 from .api_models import (
     list_envelope,
     message_id,
@@ -45,7 +45,7 @@ class ManagementAPI:
     def __init__(
         self,
         store: Store,
-        owner_for: Callable[[Headers], Awaitable[str]],
+        owner_for: Callable[[Scope], Awaitable[str]],
         prefix: str,
         upstream_api_key: str | None,
     ) -> None:
@@ -75,7 +75,7 @@ class ManagementAPI:
         if rest in ("", "/"):
             if grant is not None:
                 raise _forbidden()
-            owner = await self.owner_for(scope["headers"])
+            owner = await self.owner_for(scope)
             if method == "POST":
                 return await self._create(owner, await _read_body(receive))
             if method == "GET":
@@ -93,7 +93,7 @@ class ManagementAPI:
                 raise _forbidden()
             owner = grant.owner
         else:
-            owner = await self.owner_for(scope["headers"])
+            owner = await self.owner_for(scope)
         return await self._session_call(owner, session_id, action, method, scope, receive)
 
     async def _session_call(

@@ -17,7 +17,7 @@ from ..sessions.identity import Grant, client_secret_hash, client_secret_of, cre
 from ..sessions.messages import MessageIds
 from ..settings import Settings, resolve_upstream_api_key, settings_from_mapping
 from ..stores import Store, store_from_url
-from ..types import ASGIApp, Headers, Message, Receive, Scope, Send
+from ..types import ASGIApp, Message, Receive, Scope, Send
 from .chat import ChatTurn, TurnContext, is_chat_request
 from .management import ManagementAPI
 from .replies import send_error, send_failure
@@ -63,7 +63,7 @@ class SessionMiddleware:
             store=self.store,
             settings=settings,
             header_names=self.header_names,
-            owner_secret=self.owner_secret,
+            owner_for=self.owner_for,
             message_ids=MessageIds(),
             upstream_authorization=None if upstream_key is None else b"Bearer " + upstream_key.encode("latin-1"),
         )
@@ -91,8 +91,17 @@ class SessionMiddleware:
             self._secret = await self.store.owner_secret()
         return self._secret
 
-    async def owner_for(self, headers: Headers) -> str:
-        return owner_of(credential(headers), await self.owner_secret())
+    async def owner_for(self, scope: Scope) -> str:
+        """The owner of a session request's credential; 401 for none when one is required."""
+        found = credential(scope["headers"], scope["query_string"])
+        if found is None and self.settings.require_credential:
+            raise ClientError(
+                401,
+                "A session request needs a credential (Authorization, x-api-key, api-key, x-goog-api-key or ?key=).",
+                type="authentication_error",
+                code="credential_required",
+            )
+        return owner_of(found, await self.owner_secret())
 
     async def _with_client_secret(self, token: bytes, scope: Scope, receive: Receive, send: Send) -> None:
         """A browser's request: it may chat on and read one session, and reach nothing else."""

@@ -12,6 +12,7 @@ import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from ..errors import ClientError
 
@@ -80,20 +81,59 @@ def mint_session_id() -> str:
     return MINTED_PREFIX + secrets.token_hex(16)  # 128 random bits
 
 
-def credential(headers: Headers) -> bytes | None:
-    """The caller's credential: Authorization bearer token, else x-api-key, else api-key."""
-    bearer = api_key = azure_key = None
+_KEY_HEADERS = (b"x-api-key", b"api-key", b"x-goog-api-key")
+_KEY_PARAMS = (b"api-key", b"key")
+
+
+def credential(headers: Headers, query_string: bytes = b"") -> bytes | None:
+    """The caller's credential, whatever form it takes; None only when the request carries none.
+
+    In this order (CONTRACT.md section 4): the ``Authorization: Bearer`` token (any whitespace
+    after ``Bearer``); the ``x-api-key``, ``api-key`` or ``x-goog-api-key`` header; the ``api-key``
+    or ``key`` query parameter (Azure, Gemini); any other ``Authorization`` value, whole (Basic,
+    other schemes). Every credential the upstream may accept is an owner of its own: none falls
+    into the shared anonymous one.
+    """
+    bearer = authorization = None
+    keys: dict[bytes, bytes] = {}
     for name, value in headers:
         lowered = name.lower()
         if lowered == b"authorization":
-            scheme, _, token = value.partition(b" ")
-            if scheme.lower() == b"bearer" and token.strip():
-                bearer = token.strip()
-        elif lowered == b"x-api-key":
-            api_key = value
-        elif lowered == b"api-key":
-            azure_key = value
-    return bearer or api_key or azure_key or None
+            if authorization is None:
+                authorization = value.strip()
+                scheme, token = _scheme_and_token(authorization)
+                if scheme.lower() == b"bearer" and token:
+                    bearer = token
+        elif lowered in _KEY_HEADERS and value.strip():
+            keys.setdefault(lowered, value.strip())
+    if bearer is not None:
+        return bearer
+    for header in _KEY_HEADERS:
+        if header in keys:
+            return keys[header]
+    if query_string:
+        found = _query_key(query_string)
+        if found is not None:
+            return found
+    # taken whole, scheme included: the same key sent as Basic and as Bearer are two owners
+    return authorization or None
+
+
+def _scheme_and_token(value: bytes) -> tuple[bytes, bytes]:
+    parts = value.split(None, 1)  # any run of whitespace: "Bearer\tkey" is a bearer token too
+    if len(parts) < 2:
+        return (parts[0] if parts else b""), b""
+    return parts[0], parts[1].strip()
+
+
+def _query_key(query_string: bytes) -> bytes | None:
+    found: dict[bytes, bytes] = {}
+    for pair in query_string.split(b"&"):
+        name, _, value = pair.partition(b"=")
+        name = unquote_to_bytes(name.replace(b"+", b" "))
+        if name in _KEY_PARAMS and value and name not in found:
+            found[name] = unquote_to_bytes(value.replace(b"+", b" "))
+    return next((found[name] for name in _KEY_PARAMS if found.get(name)), None)
 
 
 def owner_of(credential: bytes | None, secret: bytes) -> str:
@@ -126,8 +166,7 @@ def client_secret_of(headers: Headers) -> bytes | None:
     """The bearer token when it is a session client secret (``spcs_...``), else None."""
     for name, value in headers:
         if name.lower() == b"authorization":
-            scheme, _, token = value.partition(b" ")
-            token = token.strip()
+            scheme, token = _scheme_and_token(value.strip())
             if scheme.lower() == b"bearer" and token.startswith(b"spcs_"):
                 return token
             return None
