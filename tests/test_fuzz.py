@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 from statefulproxy import ProxyApp, SessionMiddleware, settings_from_mapping
 from statefulproxy.asgi.tap import ResponseTap
+from statefulproxy.dialects import OPENAI
 from statefulproxy.dialects.openai_recorder import ChatStreamRecorder
 from statefulproxy.dialects.openai_stream import AssistantReply
 from statefulproxy.stores.memory import MemoryStore
@@ -603,7 +604,7 @@ async def through_tap(start: Message, bodies: list[Message]) -> tuple[list[Messa
     async def commit(reply: AssistantReply) -> None:
         commits.append(reply)
 
-    tap = ResponseTap(send, "sess-fuzz", commit)
+    tap = ResponseTap(send, "sess-fuzz", commit, OPENAI, streaming=False)
     await tap.send_and_record(start)
     for message in bodies:
         await tap.send_and_record(message)

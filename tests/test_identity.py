@@ -14,8 +14,8 @@ from statefulproxy.sessions.identity import (
     credential,
     header_session_id,
     mint_session_id,
-    resolve_session_id,
     owner_of,
+    resolve_session_id,
     validate_session_id,
 )
 

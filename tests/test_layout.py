@@ -12,18 +12,20 @@ PACKAGE = Path(statefulproxy.__file__).parent
 LAYERS = {
     # pure logic
     "errors": 0, "types": 0, "settings_values": 0, "settings": 2,
-    "dialects": 1, "dialects.base": 1, "dialects.sse": 0, "dialects.openai_stream": 2, "dialects.openai_recorder": 3,
+    "dialects.sse": 0, "dialects.ndjson": 0, "dialects.base": 1,
+    "dialects.openai_stream": 2, "dialects.openai_recorder": 3, "dialects.openai": 4,
+    "dialects.anthropic_stream": 2, "dialects.anthropic": 3, "dialects.ollama_stream": 2, "dialects.ollama": 3,
+    "dialects.gemini_stream": 2, "dialects.gemini": 3, "dialects": 5,
     "stores.base": 0, "stores.resp": 0, "stores.redis_scripts": 0, "stores.memory_session": 1, "stores.redis_codec": 1,
-    "sessions": 1, "sessions.window": 0, "sessions.messages": 1, "sessions.identity": 1, "sessions.splice": 2,
-    "sessions.idempotency": 2,
-    "sessions.turn_writes": 3, "sessions.retries": 3,
+    "sessions": 1, "sessions.window": 0, "sessions.messages": 2, "sessions.identity": 2, "sessions.splice": 3,
+    "sessions.idempotency": 3, "sessions.turn_writes": 4, "sessions.retries": 4,
     # adapters
-    "stores": 4, "stores.memory": 3, "stores.redis": 3, "upstream": 3, "sessions.leases": 4,
+    "stores": 4, "stores.memory": 3, "stores.redis": 3, "upstream": 3, "sessions.leases": 5, "sessions.service": 6,
     # ASGI
-    "asgi": 1, "asgi.guards": 1, "asgi.api_models": 2, "asgi.openapi": 0, "asgi.replies": 4, "asgi.tap": 5,
-    "asgi.chat": 6, "asgi.management": 5, "asgi.middleware": 7, "asgi.passthrough": 5,
+    "asgi": 1, "asgi.guards": 1, "asgi.api_models": 3, "asgi.openapi": 0, "asgi.replies": 5, "asgi.tap": 6,
+    "asgi.passthrough": 6, "asgi.chat": 7, "asgi.management": 6, "asgi.middleware": 8,
     # composition
-    "app": 8, "cli": 9, "__main__": 10, "__init__": 10,
+    "app": 9, "cli": 10, "__main__": 11, "__init__": 11,
 }  # fmt: skip
 
 # third-party modules each owned by one module of ours

@@ -6,9 +6,10 @@ import orjson
 import pytest
 from openai.types.chat import ChatCompletion, ParsedChatCompletionMessage
 
+from statefulproxy.dialects.openai import validate_messages
 from statefulproxy.dialects.openai_stream import reply_from_completion
 from statefulproxy.errors import ClientError
-from statefulproxy.sessions.messages import canonical, leading_system_count, minimal, title_from, validate_messages
+from statefulproxy.sessions.messages import canonical, leading_system_count, minimal, title_from
 
 TOOL_CALL: dict[str, Any] = {
     "id": "call_1",

@@ -79,12 +79,12 @@ def test_new_session_tail_is_canonical() -> None:
 
 def test_full_array_records_only_the_tail() -> None:
     result = plan([SYSTEM, U1, A1], [SYSTEM, U1, A1, U2])
-    assert result == TurnPlan("full_array", None, [], canon(U2), 0, 0)
+    assert result == TurnPlan("full_array", None, [], canon(U2), 0, 0, tail_start=3)
 
 
 def test_full_array_equal_length_records_nothing_new() -> None:
     result = plan([SYSTEM, U1, A1, U2], [SYSTEM, U1, A1, U2])
-    assert result == TurnPlan("full_array", None, [], [], 0, 0)
+    assert result == TurnPlan("full_array", None, [], [], 0, 0, tail_start=4)
 
 
 def test_full_array_with_sdk_echoed_assistant_is_still_a_prefix() -> None:
@@ -109,11 +109,29 @@ def test_full_array_tail_with_tools_and_leading_system() -> None:
     assert result.mode == "full_array"
     assert result.tail == canon(DEVELOPER, SYSTEM, U2, CALL, RESULT)
     assert result.tail_leading_system == 2
+    assert result.tail_start == 2
+
+
+def test_resume_window_skips_conversation_messages_but_keeps_system() -> None:
+    result = plan_turn(canon(SYSTEM, U1, A1, U2, A2), 1, [U3], skip=2)
+    assert result.mode == "resume"
+    assert result.forward == [*canon(SYSTEM, U2, A2), orjson.dumps(U3)]
+    assert result.tail == canon(U3)
+    assert result.tail_start == 0
+
+
+def test_resume_without_forward_lays_nothing_out() -> None:
+    result = plan_turn(canon(SYSTEM, U1, A1), 1, [DEVELOPER, U2], forward=False)
+    assert result.mode == "resume"
+    assert result.forward is None
+    assert result.head == canon(DEVELOPER)
+    assert result.tail == canon(U2)
+    assert result.tail_start == 1
 
 
 def test_full_array_history_of_only_system_messages() -> None:
     result = plan([SYSTEM], [SYSTEM, U1])
-    assert result == TurnPlan("full_array", None, [], canon(U1), 0, 0)
+    assert result == TurnPlan("full_array", None, [], canon(U1), 0, 0, tail_start=1)
 
 
 def test_full_array_with_reasoning_replayed() -> None:

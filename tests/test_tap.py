@@ -12,6 +12,7 @@ import pytest
 
 from statefulproxy.asgi import tap as tap_module
 from statefulproxy.asgi.tap import ResponseTap
+from statefulproxy.dialects import OPENAI
 from statefulproxy.dialects.openai_recorder import ChatStreamRecorder
 from statefulproxy.dialects.openai_stream import AssistantReply
 from statefulproxy.errors import StoreError
@@ -76,7 +77,7 @@ def body_messages(chunks: Iterable[bytes]) -> list[Message]:
 
 
 async def run(log: Log, start: Message, bodies: list[Message]) -> ResponseTap:
-    response_tap = ResponseTap(log.send, SESSION_ID, log.commit)
+    response_tap = ResponseTap(log.send, SESSION_ID, log.commit, OPENAI, streaming=False)
     await response_tap.send_and_record(start)
     for message in bodies:
         await response_tap.send_and_record(message)
@@ -180,7 +181,7 @@ async def test_non_body_messages_pass_through() -> None:
     log = Log()
     trailers = {"type": "http.response.trailers", "headers": [(b"x-t", b"1")], "more_trailers": False}
     stream = fixture("plain_text.sse")
-    response_tap = ResponseTap(log.send, SESSION_ID, log.commit)
+    response_tap = ResponseTap(log.send, SESSION_ID, log.commit, OPENAI, streaming=False)
     await response_tap.send_and_record(start_message())
     await response_tap.send_and_record({"type": "http.response.body", "body": stream, "more_body": True})
     await response_tap.send_and_record(trailers)

@@ -83,6 +83,7 @@ class ProxyApp:
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await self.sessions.service.aclose()
                 await self.upstream.aclose()
                 await self.store.aclose()
                 await send({"type": "lifespan.shutdown.complete"})

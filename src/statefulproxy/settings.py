@@ -63,6 +63,8 @@ class Settings:
     upstream_max_connections: int = 1000
     forward_store: bool = False
     replay_reasoning: ReplayReasoning = "none"
+    max_history_messages: int = 0
+    max_history_tokens: int = 0
     scope_secret: str | None = None
     require_credential: bool = False
     upstream_api_key: str | None = None
@@ -210,6 +212,8 @@ _PARSERS: Final[Mapping[str, Callable[[Any], Any]]] = MappingProxyType(
         "upstream_max_connections": values.integer(0, None),
         "forward_store": values.boolean,
         "replay_reasoning": values.choice(get_args(ReplayReasoning)),
+        "max_history_messages": values.integer(0, None),
+        "max_history_tokens": values.integer(0, None),
         "scope_secret": values.secret,
         "require_credential": values.boolean,
         "upstream_api_key": values.secret,

@@ -1,4 +1,4 @@
-"""A scripted OpenAI-compatible upstream: a pure ASGI app that records requests and plays replies.
+"""A scripted LLM upstream (OpenAI, Anthropic, Ollama, Gemini): a pure ASGI app that records requests and plays replies.
 
     upstream = ScriptedUpstream()
     upstream.push(text("hello"), tool_calls([("call_1", "f", '{"a":1}')]))
@@ -8,16 +8,19 @@
 
 Routes (matched on the path's ending, so any prefix works):
 - ``POST .../chat/completions``: the next scripted reply whose ``path`` matches, else ``text(f"reply {N}")``
-  where N counts the chat-completions requests (1-based); completion id ``chatcmpl-N``. Honours
+  where N counts the chat requests of all dialects (1-based); completion id ``chatcmpl-N``. Honours
   ``"stream": true`` (SSE ending in ``data: [DONE]``) and ``stream_options.include_usage``.
+- ``POST .../v1/messages`` (Anthropic), ``.../api/chat`` (Ollama), ``.../models/{m}:generateContent`` and
+  ``:streamGenerateContent`` (Gemini): the same, rendered in that provider's format (see ``harness.dialect_replies``;
+  its ``ANTHROPIC_PATH``, ``OLLAMA_PATH``, ``GEMINI_PATH``, ``GEMINI_STREAM_PATH`` are ``push`` paths).
 - ``GET .../models``: a models list.
 - ``.../echo-bytes``: the request body verbatim, with the request's content-type.
 - ``.../stream-bytes?n=K&size=S``: K body chunks of S bytes, equal to ``stream_bytes_payload(K, S)``.
 - anything else: 200 JSON describing the request (see ``echo_json``).
 A scripted reply pushed with another ``path`` is played on the first request whose path ends with it.
 
-Usage is deterministic: prompt_tokens = 10 * number of request messages, completion_tokens = number of
-characters generated (content + reasoning + refusal + tool-call arguments).
+Usage is deterministic: prompt_tokens = 10 * number of request messages (Gemini: contents), completion_tokens =
+number of characters generated (content + reasoning + refusal + tool-call arguments).
 """
 
 from __future__ import annotations
@@ -29,11 +32,13 @@ import json
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
 from starlette.types import Message, Receive, Scope, Send
+
+from harness.dialect_replies import Wire, is_chat_path, pieces, wire_for_path
 
 __all__ = [
     "CREATED",
@@ -97,36 +102,26 @@ class RecordedRequest:
         return [value for key, value in self.headers if key.lower() == lowered]
 
 
-def sse(payload: Any) -> bytes:
-    """One SSE event ``data: <compact json>\\n\\n``."""
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
-
-
-DONE = b"data: [DONE]\n\n"
-
-
-def _pieces(value: str, size: int) -> list[str]:
-    return [value[i : i + size] for i in range(0, len(value), size)]
-
-
 class Exchange:
     """Per-request state handed to ``Reply.respond``: the request, its chat parameters, and send helpers."""
 
     def __init__(self, request: RecordedRequest, number: int, sequence: int, send: Send) -> None:
         self.request = request
-        self.number = number  # counts chat-completions requests on chat paths, all requests elsewhere
+        self.number = number  # counts chat requests (all dialects) on chat paths, all requests elsewhere
         self.sequence = sequence  # counts all requests
         self._send = send
         self.disconnected = asyncio.Event()
         self.complete = False
         body = request.json if isinstance(request.json, dict) else {}
-        self.stream = body.get("stream") is True
+        wire_type = wire_for_path(request.path)
+        self.stream = wire_type.requests_stream(request, body)
         stream_options = body.get("stream_options")
         self.include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
         self.model = body["model"] if isinstance(body.get("model"), str) else DEFAULT_MODEL
-        messages = body.get("messages")
+        messages = body.get("messages", body.get("contents"))
         self.message_count = len(messages) if isinstance(messages, list) else 0
         self.completion_id = f"chatcmpl-{number}"
+        self.wire: Wire = wire_type(self)
 
     async def start(self, status: int, headers: list[tuple[str, str]]) -> None:
         encoded = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
@@ -148,6 +143,16 @@ class Exchange:
 
     async def start_sse(self) -> None:
         await self.start(200, [("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache")])
+
+    async def start_stream(self) -> None:
+        await self.start(200, self.wire.stream_headers())
+
+    async def send_frames(self, payloads: list[Any], *, end: bool = False) -> None:
+        """Send stream payloads in the dialect's framing; with ``end`` the last one also ends the body."""
+        for index, payload in enumerate(payloads):
+            closing = end and index == len(payloads) - 1
+            data = self.wire.frame(payload)
+            await self.body(data + self.wire.close() if closing else data, more=not closing)
 
     async def wait_released(self, release: threading.Event) -> bool:
         """Wait until ``release`` is set (True) or the client disconnects (False)."""
@@ -172,7 +177,11 @@ class Reply:
 
 @dataclass(frozen=True)
 class Completion(Reply):
-    """An assistant turn: content, reasoning, refusal and/or tool calls, streamed in ``chunk_size`` pieces."""
+    """An assistant turn: content, reasoning, refusal and/or tool calls, streamed in ``chunk_size`` pieces.
+
+    ``signature`` signs the reasoning as an Anthropic thinking block; ``thought_signature`` is Gemini's
+    ``thoughtSignature`` (base64); both are ignored by the other dialects.
+    """
 
     content: str | None = None
     reasoning: str | None = None
@@ -181,6 +190,8 @@ class Completion(Reply):
     refusal: str | None = None
     chunk_size: int = 4
     finish_reason: str | None = None
+    signature: str | None = None
+    thought_signature: str | None = None
 
     @property
     def resolved_finish_reason(self) -> str:
@@ -223,13 +234,13 @@ class Completion(Reply):
         deltas: list[dict[str, Any]] = [
             {"role": "assistant", "content": "" if self.content is not None else None, "refusal": None}
         ]
-        deltas += [{self.reasoning_field: piece} for piece in _pieces(self.reasoning or "", self.chunk_size)]
-        deltas += [{"content": piece} for piece in _pieces(self.content or "", self.chunk_size)]
-        deltas += [{"refusal": piece} for piece in _pieces(self.refusal or "", self.chunk_size)]
+        deltas += [{self.reasoning_field: piece} for piece in pieces(self.reasoning or "", self.chunk_size)]
+        deltas += [{"content": piece} for piece in pieces(self.content or "", self.chunk_size)]
+        deltas += [{"refusal": piece} for piece in pieces(self.refusal or "", self.chunk_size)]
         fragments: list[list[dict[str, Any]]] = []
         for index, (call_id, name, arguments) in enumerate(self.tool_calls):
             first = {"index": index, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}
-            rest = [{"index": index, "function": {"arguments": piece}} for piece in _pieces(arguments, self.chunk_size)]
+            rest = [{"index": index, "function": {"arguments": piece}} for piece in pieces(arguments, self.chunk_size)]
             fragments.append([first, *rest])
         # Parallel calls interleave: one fragment of each call in turn.
         for step in range(max((len(f) for f in fragments), default=0)):
@@ -263,12 +274,11 @@ class Completion(Reply):
 
     async def respond(self, exchange: Exchange) -> None:
         if not exchange.stream:
-            await exchange.send_json(200, self.completion_json(exchange))
+            await exchange.send_json(200, exchange.wire.body(self))
             return
-        await exchange.start_sse()
-        for chunk in self.chunks(exchange):
-            await exchange.body(sse(chunk), more=True)
-        await exchange.body(DONE, more=False)
+        await exchange.start_stream()
+        await exchange.send_frames(exchange.wire.events(self))
+        await exchange.send_frames(exchange.wire.terminal(self), end=True)
 
 
 def _completion(reply: Completion | None, exchange: Exchange) -> Completion:
@@ -277,32 +287,33 @@ def _completion(reply: Completion | None, exchange: Exchange) -> Completion:
 
 @dataclass(frozen=True)
 class ErrorReply(Reply):
+    """A JSON error status; ``body`` None sends the dialect's error object."""
+
     status: int
     body: Any
     headers: tuple[tuple[str, str], ...] = ()
 
     async def respond(self, exchange: Exchange) -> None:
-        await exchange.send_json(self.status, self.body, list(self.headers))
+        body = exchange.wire.error_body(self.status) if self.body is None else self.body
+        await exchange.send_json(self.status, body, list(self.headers))
 
 
 @dataclass(frozen=True)
 class InbandError(Reply):
-    """HTTP 200 stream: ``after_chunks`` chunks, then ``data: {"error": ...}`` and a clean end (no [DONE])."""
+    """HTTP 200 stream: ``after_chunks`` chunks, then the dialect's error event (OpenAI ``data: {"error": ...}``)
+    and a clean end (no [DONE]). ``error`` is the error object inside it; None means a provider's server error."""
 
     after_chunks: int = 1
-    error: dict[str, Any] = field(
-        default_factory=lambda: {"message": "The server had an error", "type": "server_error", "code": None}
-    )
+    error: Any = None
     reply: Completion | None = None
 
     async def respond(self, exchange: Exchange) -> None:
         if not exchange.stream:
-            await exchange.send_json(200, {"error": self.error})
+            await exchange.send_json(200, exchange.wire.error_event(self.error))
             return
-        await exchange.start_sse()
-        for chunk in _completion(self.reply, exchange).chunks(exchange)[: self.after_chunks]:
-            await exchange.body(sse(chunk), more=True)
-        await exchange.body(sse({"error": self.error}), more=False)
+        await exchange.start_stream()
+        await exchange.send_frames(exchange.wire.events(_completion(self.reply, exchange))[: self.after_chunks])
+        await exchange.send_frames([exchange.wire.error_event(self.error)], end=True)
 
 
 @dataclass(frozen=True)
@@ -315,19 +326,18 @@ class Cut(Reply):
     async def respond(self, exchange: Exchange) -> None:
         completion = _completion(self.reply, exchange)
         if not exchange.stream:
-            data = json.dumps(completion.completion_json(exchange)).encode()
+            data = json.dumps(exchange.wire.body(completion)).encode()
             await exchange.start(200, [("content-type", "application/json"), ("content-length", str(len(data)))])
             await exchange.body(data[: len(data) // 2], more=True)
         else:
-            await exchange.start_sse()
-            for chunk in completion.chunks(exchange)[: self.after_chunks]:
-                await exchange.body(sse(chunk), more=True)
+            await exchange.start_stream()
+            await exchange.send_frames(exchange.wire.events(completion)[: self.after_chunks])
         raise UpstreamCut(f"scripted cut of {exchange.completion_id}")
 
 
 @dataclass(frozen=True)
 class NoDone(Reply):
-    """A stream that ends cleanly but without ``data: [DONE]``."""
+    """A stream that ends cleanly but without ``data: [DONE]`` (or the dialect's end: see ``Wire.unfinished``)."""
 
     reply: Completion | None = None
 
@@ -336,10 +346,9 @@ class NoDone(Reply):
         if not exchange.stream:
             await completion.respond(exchange)
             return
-        await exchange.start_sse()
-        for chunk in completion.chunks(exchange):
-            await exchange.body(sse(chunk), more=True)
-        await exchange.body(b"", more=False)
+        await exchange.start_stream()
+        await exchange.send_frames(exchange.wire.unfinished(completion))
+        await exchange.body(exchange.wire.close(), more=False)
 
 
 @dataclass(frozen=True)
@@ -356,15 +365,13 @@ class Hold(Reply):
             if await exchange.wait_released(self.release):
                 await completion.respond(exchange)
             return
-        chunks = completion.chunks(exchange)
-        await exchange.start_sse()
-        for chunk in chunks[: self.after_chunks]:
-            await exchange.body(sse(chunk), more=True)
+        events = exchange.wire.events(completion)
+        await exchange.start_stream()
+        await exchange.send_frames(events[: self.after_chunks])
         if not await exchange.wait_released(self.release):
             return
-        for chunk in chunks[self.after_chunks :]:
-            await exchange.body(sse(chunk), more=True)
-        await exchange.body(DONE, more=False)
+        await exchange.send_frames(events[self.after_chunks :])
+        await exchange.send_frames(exchange.wire.terminal(completion), end=True)
 
 
 @dataclass(frozen=True)
@@ -392,7 +399,7 @@ class GzipJson(Reply):
     async def respond(self, exchange: Exchange) -> None:
         payload = self.body
         if payload is None or isinstance(payload, Completion):
-            payload = _completion(payload, exchange).completion_json(exchange)
+            payload = exchange.wire.body(_completion(payload, exchange))
         data = gzip.compress(json.dumps(payload).encode(), mtime=0)
         headers = [
             ("content-type", "application/json"),
@@ -410,6 +417,8 @@ def text(
     reasoning_field: str = "reasoning_content",
     chunk_size: int = 4,
     finish_reason: str | None = None,
+    signature: str | None = None,
+    thought_signature: str | None = None,
 ) -> Completion:
     """A text answer, optionally with reasoning under ``reasoning_field`` (``reasoning_content`` or ``reasoning``)."""
     return Completion(
@@ -418,6 +427,8 @@ def text(
         reasoning_field=reasoning_field,
         chunk_size=chunk_size,
         finish_reason=finish_reason,
+        signature=signature,
+        thought_signature=thought_signature,
     )
 
 
@@ -428,6 +439,8 @@ def tool_calls(
     chunk_size: int = 4,
     reasoning: str | None = None,
     reasoning_field: str = "reasoning_content",
+    signature: str | None = None,
+    thought_signature: str | None = None,
 ) -> Completion:
     """Tool calls ``(id, name, arguments_json)``; streamed as id/name fragments then argument pieces, interleaved."""
     return Completion(
@@ -436,6 +449,8 @@ def tool_calls(
         chunk_size=chunk_size,
         reasoning=reasoning,
         reasoning_field=reasoning_field,
+        signature=signature,
+        thought_signature=thought_signature,
     )
 
 
@@ -444,24 +459,12 @@ def refusal(message: str, *, chunk_size: int = 4) -> Completion:
 
 
 def error(status: int, body_json: Any = None, *, headers: list[tuple[str, str]] | None = None) -> ErrorReply:
-    """A non-2xx JSON reply; the default body is an OpenAI error object."""
-    if body_json is None:
-        body_json = {
-            "error": {
-                "message": f"scripted error {status}",
-                "type": "invalid_request_error" if status < 500 else "server_error",
-                "param": None,
-                "code": None,
-            }
-        }
+    """A non-2xx JSON reply; the default body is the dialect's error object (OpenAI: ``{"error": {...}}``)."""
     return ErrorReply(status, body_json, tuple(headers or ()))
 
 
-def inband_error(
-    after_chunks: int = 1, *, error: dict[str, Any] | None = None, reply: Completion | None = None
-) -> InbandError:
-    if error is None:
-        return InbandError(after_chunks=after_chunks, reply=reply)
+def inband_error(after_chunks: int = 1, *, error: Any = None, reply: Completion | None = None) -> InbandError:
+    """``error``: the object inside the dialect's error event (Ollama: its message); None for a server error."""
     return InbandError(after_chunks=after_chunks, error=error, reply=reply)
 
 
@@ -510,7 +513,7 @@ def echo_json(request: RecordedRequest) -> dict[str, Any]:
 
 
 class ScriptedUpstream:
-    """An OpenAI-compatible ASGI app that records every request and answers from a script (see module doc)."""
+    """A scripted LLM upstream ASGI app that records every request and answers from a script (see module doc)."""
 
     def __init__(self, *, models: tuple[str, ...] = (DEFAULT_MODEL,)) -> None:
         self.models = models
@@ -524,7 +527,7 @@ class ScriptedUpstream:
         self.chat_count = 0
 
     def push(self, *replies: Reply, path: str = "/chat/completions") -> None:
-        """Queue replies for the next requests whose path ends with ``path``."""
+        """Queue replies for the next requests whose path ends with ``path`` (e.g. ``"/v1/messages"``)."""
         with self._lock:
             self._script.extend((path, reply) for reply in replies)
 
@@ -569,7 +572,7 @@ class ScriptedUpstream:
         path = request.path
         with self._lock:
             self.request_count += 1
-            is_chat = path.endswith("/chat/completions")
+            is_chat = is_chat_path(path)
             if is_chat:
                 self.chat_count += 1
             number = self.chat_count if is_chat else self.request_count

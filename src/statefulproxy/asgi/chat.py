@@ -1,8 +1,10 @@
-"""One chat request through the session layer: identify, splice, forward, record.
+"""One chat request through the session layer: find its session, hand the turn to the turn service,
+forward it and record the reply. Every dialect goes through here; the dialect only changes the
+shapes (dialects/), never the rules (sessions/service.py).
 
-Requests without a session identity reach the app with their original bytes. The body
-is only parsed when a session header is present or the bytes could hold a session field,
-so stateless traffic pays for one substring scan.
+Requests without a session identity reach the app with their original bytes. The body is only
+parsed when a session header is present or the bytes could hold a session field, so stateless
+traffic pays for one substring scan.
 """
 
 from __future__ import annotations
@@ -15,41 +17,28 @@ from typing import Any
 
 import orjson
 
-from ..dialects.openai_stream import AssistantReply
+from ..dialects.base import Dialect
 from ..errors import ClientError, StoreError
-from ..sessions.idempotency import IdempotencyKey, idempotency_key
-from ..sessions.identity import (
-    MINTED_PREFIX,
-    Grant,
-    body_session_id,
-    header_session_id,
-    mint_session_id,
-    resolve_session_id,
-)
-from ..sessions.leases import TurnLease
-from ..sessions.messages import MessageIds, validate_messages
-from ..sessions.retries import completion_body, completion_stream, is_retry, recorded_reply
-from ..sessions.splice import TurnPlan, plan_turn
-from ..sessions.turn_writes import turn_write
+from ..sessions.idempotency import idempotency_key
+from ..sessions.identity import Grant, body_session_id, header_session_id, resolve_session_id
+from ..sessions.retries import is_retry
+from ..sessions.service import Recorded, TurnRequest, TurnService
 from ..settings import Settings
-from ..stores.base import IdempotentReply, SessionSnapshot, Store
 from ..types import ASGIApp, Headers, Message, Receive, Scope, Send
+from .passthrough import DIALECT_KEY
 from .replies import send_error, send_failure
-from .tap import ResponseTap
+from .tap import ResponseTap, with_session_id
 
 logger = logging.getLogger("statefulproxy")
 
-CHAT_SUFFIX = "/chat/completions"
 # Bytes that a body carrying a session field must contain. "\u" covers keys spelled with
 # JSON escapes, which are rare enough that parsing those bodies costs nothing overall.
 _SESSION_MARKERS = (b"session_id", b"sessionId", b'"store"', b"\\u")
 # Fields the proxy consumes; `store`/`metadata.session_id` stay when forward_store is set.
 _CONSUMED = ("session_id", "sessionId")
-
-
-def is_chat_request(scope: Scope) -> bool:
-    path: str = scope["path"]
-    return scope["method"] == "POST" and path.endswith(CHAT_SUFFIX)
+# How each dialect's upstream takes the proxy's own key (client-secret requests).
+_UPSTREAM_KEY_HEADERS = {"anthropic": b"x-api-key", "gemini": b"x-goog-api-key"}
+_CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key", b"api-key", b"x-goog-api-key"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,26 +46,24 @@ class TurnContext:
     """What every chat turn of one middleware shares: its collaborators and configuration."""
 
     app: ASGIApp
-    store: Store
     settings: Settings
     header_names: frozenset[bytes]
     owner_for: Callable[[Scope], Awaitable[str]]  # 401 for an anonymous request when a credential is required
-    message_ids: MessageIds
-    upstream_authorization: bytes | None  # "Bearer <key>" for client-secret requests
+    service: TurnService
+    upstream_key: bytes | None  # the proxy's own upstream key, for client-secret requests
 
 
 class ChatTurn:
     """Per-request state of one chat request."""
 
-    def __init__(self, context: TurnContext, scope: Scope, receive: Receive, send: Send, grant: Grant | None) -> None:
+    def __init__(
+        self, context: TurnContext, scope: Scope, receive: Receive, send: Send, grant: Grant | None, dialect: Dialect
+    ) -> None:
+        self.context = context
         self.app = context.app
-        self.store = context.store
         self.settings = context.settings
-        self.header_names = context.header_names
-        self.owner_for = context.owner_for
-        self.message_ids = context.message_ids
-        self.upstream_authorization = context.upstream_authorization
         self.grant = grant
+        self.dialect = dialect
         self.scope = scope
         self.receive = receive
         self.send = send
@@ -87,16 +74,16 @@ class ChatTurn:
         try:
             await self._run()
         except ClientError as error:
-            await send_error(self.send, error)
-
+            await send_error(self.send, error, self.dialect)
         except StoreError as exc:
             logger.error("session store unavailable: %s", exc)
-            await send_failure(self.send, 503, "The session store is unavailable.", "store_error", "store_unavailable")
+            message = "The session store is unavailable."
+            await send_failure(self.send, 503, message, "store_error", "store_unavailable", self.dialect)
 
     async def _run(self) -> None:
         headers: Headers = self.scope["headers"]
         body = self.body = await self._read_body(headers)
-        from_headers = header_session_id(headers, self.header_names)
+        from_headers = header_session_id(headers, self.context.header_names)
         if from_headers is None and self.grant is None and not any(marker in body for marker in _SESSION_MARKERS):
             await self.app(self.scope, self.receive_replayed_body, self.send)
             return
@@ -131,141 +118,52 @@ class ChatTurn:
         await self._session_turn(parsed, session_id, store_flag is not False)
 
     async def _session_turn(self, parsed: dict[str, Any], session_id: str | None, record: bool) -> None:
-        if "messages" not in parsed:
-            raise ClientError(400, "'messages' is required for a session request.", param="messages")
-        sent = validate_messages(parsed["messages"])
-        # a turn that is not recorded keeps no reply: its key means nothing here
-        key = idempotency_key(self.scope["headers"], self.body) if record else None
-        snapshot: SessionSnapshot | None = None
-        lease: TurnLease | None = None
-        minted = session_id is None
-        # a minted id goes through the store too: its first turn needs the store to be there
+        dialect, headers = self.dialect, self.scope["headers"]
+        if dialect.messages_key not in parsed:
+            key_name = dialect.messages_key
+            raise ClientError(400, f"'{key_name}' is required for a session request.", param=key_name)
+        sent = dialect.parse(parsed)
+        query = self.scope["query_string"].decode("latin-1")
+        model = parsed.get("model")
+        request = TurnRequest(
+            dialect=dialect,
+            owner="",
+            session_id=session_id,
+            record=record,
+            body=self._consumed_removed(parsed),
+            sent=sent,
+            metadata=parsed.get("metadata"),
+            # a turn that is not recorded keeps no reply: its key means nothing here
+            key=idempotency_key(headers, self.body) if record else None,
+            must_exist=self.grant is not None,
+            retry=is_retry(headers),
+            stream=dialect.is_stream(parsed, self.scope["path"], query),
+            query=query,
+            model=model if isinstance(model, str) else None,
+        )
+        service = self.context.service
         try:
-            owner = await self._owner()
-            if session_id is None:
-                session_id = mint_session_id() if key is None else key.session_id(owner)
-            if record:
-                lease = TurnLease(self.store, owner, session_id, self.settings)
-                snapshot = await lease.load(None if key is None else key.hashed)
-            else:
-                snapshot = await self.store.load(owner, session_id)
-        except StoreError as exc:
+            # the owner's hash needs the store's shared secret on a first request
+            owner = self.grant.owner if self.grant is not None else await self.context.owner_for(self.scope)
+        except StoreError:
             if self.settings.on_store_error != "passthrough":
                 raise
-            # configured to degrade: the turn goes upstream without its history, unrecorded
-            logger.warning("session store unavailable, forwarding without history: %s", exc)
-            session_id = session_id or mint_session_id()
-            owner, lease, record, key = "", None, False, None
+            turn = service.degraded(request)
         else:
-            if snapshot is not None and snapshot.idempotent is not None and key is not None:
-                await self._send_recorded(key.reply(snapshot.idempotent), parsed, session_id)  # no lease taken
+            begun = await service.begin(dataclasses.replace(request, owner=owner))
+            if isinstance(begun, Recorded):
+                await self._send_recorded(begun, request.stream)
                 return
-            if snapshot is None and not minted and (session_id.startswith(MINTED_PREFIX) or self.grant is not None):
-                await _release(lease)
-                raise ClientError(
-                    404, f"No session found with id '{session_id}'.", param="session_id", code="not_found"
-                )
-            if snapshot is not None:
-                try:
-                    _admit(snapshot)
-                except ClientError:
-                    await _release(lease)
-                    raise
+            turn = begun
         try:
-            await self._forward_turn(parsed, sent, session_id, owner, snapshot, lease, record, key)
+            self.body = turn.forward
+            tap = ResponseTap(self.send, turn.session_id, turn.commit, dialect, request.stream)
+            await self.app(self._forward_scope(), self.receive_replayed_body, tap.send_and_record)
         finally:
-            await _release(lease)
+            await turn.release()
 
-    async def _forward_turn(
-        self,
-        parsed: dict[str, Any],
-        sent: list[dict[str, Any]],
-        session_id: str,
-        owner: str,
-        snapshot: SessionSnapshot | None,
-        lease: TurnLease | None,
-        record: bool,
-        key: IdempotencyKey | None,
-    ) -> None:
-        reasoning_field = self.settings.replay_reasoning
-        try:
-            plan = plan_turn(
-                snapshot.replay if snapshot else (), snapshot.leading_system if snapshot else 0, sent, reasoning_field
-            )
-            scope = self._forward_scope(parsed, plan)
-        except orjson.JSONEncodeError as exc:
-            # Past 254 levels orjson cannot write JSON back (past 1024 it cannot read it: a 400
-            # too). Session bodies are always re-serialised before anything is forwarded or
-            # stored, so this is the depth cap, and it costs nothing to check. (JSONEncodeError is
-            # a TypeError: anything but the recursion limit is a bug, and must not look like a 400.)
-            if not _too_deep(exc):
-                raise
-            raise ClientError(400, "The request body nests too deeply (at most 254 levels).", code="too_deep") from None
-        if snapshot is not None and record and key is None and is_retry(self.scope["headers"]):
-            reply = recorded_reply(snapshot.replay, plan)
-            if reply is not None:
-                await self._send_recorded(reply, parsed, session_id)
-                return
-
-        async def commit(reply: AssistantReply) -> None:
-            if not record:
-                return
-            try:
-                write = turn_write(
-                    plan,
-                    reply,
-                    sent,
-                    parsed.get("metadata"),
-                    create=snapshot is None,
-                    new_id=self.message_ids.new,
-                    reasoning_field=reasoning_field,
-                )
-            except orjson.JSONEncodeError as exc:
-                if not _too_deep(exc):
-                    raise
-                logger.warning("reply nests too deeply to be stored; turn not recorded")
-                return
-            if key is not None:
-                # the message as recorded (refusal included), not its replay form
-                kept = IdempotentReply(
-                    key.hashed, key.keep(orjson.dumps(reply.message)), self.settings.idempotency_ttl_ms
-                )
-                write = dataclasses.replace(write, idempotent=kept)
-            if lease is not None:
-                write = dataclasses.replace(write, lease_token=lease.token)
-            result = await self.store.commit(owner, session_id, write)
-            if lease is not None:
-                lease.released = True  # the commit released it in the same step
-            if result != "ok":
-                logger.info("turn not recorded: session %s", result)
-
-        if lease is not None:
-            lease.keep_renewed()
-        tap = ResponseTap(self.send, session_id, commit)
-        await self.app(scope, self.receive_replayed_body, tap.send_and_record)
-
-    async def _owner(self) -> str:
-        if self.grant is not None:
-            return self.grant.owner
-        return await self.owner_for(self.scope)
-
-    async def _send_recorded(self, reply: dict[str, Any], parsed: dict[str, Any], session_id: str) -> None:
-        """Answer a retry of the last recorded turn from the history: no upstream call, no new turn."""
-        if parsed.get("stream") is True:
-            body, content_type = completion_stream(reply, parsed.get("model")), b"text/event-stream"
-        else:
-            body, content_type = completion_body(reply, parsed.get("model"), session_id), b"application/json"
-        headers = [
-            (b"content-type", content_type),
-            (b"content-length", str(len(body)).encode()),
-            (b"x-session-id", session_id.encode()),
-            (b"x-session-replayed", b"true"),
-        ]
-        await self.send({"type": "http.response.start", "status": 200, "headers": headers})
-        await self.send({"type": "http.response.body", "body": body, "more_body": False})
-
-    def _forward_scope(self, parsed: dict[str, Any], plan: TurnPlan) -> Scope:
-        """The scope the app sees: consumed fields and headers removed, history spliced in."""
+    def _consumed_removed(self, parsed: dict[str, Any]) -> dict[str, Any]:
+        """The body less what the proxy consumed: ``store``, the session id fields."""
         out = parsed
         if not self.settings.forward_store:
             out = {key: value for key, value in parsed.items() if key != "store" and key not in _CONSUMED}
@@ -282,21 +180,35 @@ class ChatTurn:
                     del out["metadata"]
         elif any(key in parsed for key in _CONSUMED):
             out = {key: value for key, value in parsed.items() if key not in _CONSUMED}
-        if plan.forward is not None:
-            out = {**out} if out is parsed else out
-            out["messages"] = orjson.Fragment(b"[" + b",".join(plan.forward) + b"]")
-        # Always re-serialised, even when unchanged: the upstream must read exactly what was
-        # parsed and recorded (a body with duplicate keys reads differently elsewhere).
-        self.body = orjson.dumps(out)
+        return out
+
+    def _forward_scope(self) -> Scope:
+        """The scope the app sees: the rewritten body's framing, session headers removed."""
         # accept-encoding goes too: an uncompressed reply is recorded and rewritten as it is
-        drop = self.header_names | {b"content-length", b"transfer-encoding", b"accept-encoding"}
+        drop = self.context.header_names | {b"content-length", b"transfer-encoding", b"accept-encoding"}
         if self.grant is not None:  # the browser's secret stays here; the upstream gets the proxy's key
-            drop = drop | {b"authorization", b"x-api-key", b"api-key"}
+            drop = drop | _CREDENTIAL_HEADERS
         headers = [(name, value) for name, value in self.scope["headers"] if name.lower() not in drop]
         headers.append((b"content-length", str(len(self.body)).encode()))
-        if self.grant is not None and self.upstream_authorization is not None:
-            headers.append((b"authorization", self.upstream_authorization))
-        return {**self.scope, "headers": headers}
+        upstream_key = self.context.upstream_key
+        if self.grant is not None and upstream_key is not None:
+            name = _UPSTREAM_KEY_HEADERS.get(self.dialect.name)
+            headers.append((name, upstream_key) if name else (b"authorization", b"Bearer " + upstream_key))
+        return {**self.scope, "headers": headers, DIALECT_KEY: self.dialect}
+
+    async def _send_recorded(self, recorded: Recorded, stream: bool) -> None:
+        """Answer a retried turn from the store: no upstream call, no new turn."""
+        body = recorded.body
+        if not stream and recorded.content_type == b"application/json":
+            body = with_session_id(orjson.loads(body), body, recorded.session_id)
+        headers = [
+            (b"content-type", recorded.content_type),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-session-id", recorded.session_id.encode()),
+            (b"x-session-replayed", b"true"),
+        ]
+        await self.send({"type": "http.response.start", "status": 200, "headers": headers})
+        await self.send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _read_body(self, headers: Headers) -> bytes:
         limit = self.settings.max_body_size
@@ -324,32 +236,6 @@ class ChatTurn:
             return await self.receive()
         self.replayed = True
         return {"type": "http.request", "body": self.body, "more_body": False}
-
-
-def _too_deep(exc: orjson.JSONEncodeError) -> bool:
-    return "Recursion limit" in str(exc)
-
-
-async def _release(lease: TurnLease | None) -> None:
-    if lease is not None:
-        await lease.release()
-
-
-def _admit(snapshot: SessionSnapshot) -> None:
-    """Refuse a turn on a read-only session or one over its request limits."""
-    if snapshot.status != "active":
-        raise ClientError(
-            409, f"Session '{snapshot.id}' is {snapshot.status} and read-only.", code=f"session_{snapshot.status}"
-        )
-    if snapshot.retry_after is not None:
-        per_minute = snapshot.limited_by == "max_requests_per_1_minute"
-        raise ClientError(
-            429,
-            f"Session '{snapshot.id}' is over its {'per-minute request limit' if per_minute else 'request limit'}.",
-            type="rate_limit_error",
-            code="rate_limit_exceeded" if per_minute else "max_requests_exceeded",
-            headers=[(b"retry-after", str(snapshot.retry_after).encode())],
-        )
 
 
 def _too_large(limit: int) -> ClientError:

@@ -13,9 +13,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
+from ..dialects.base import SYSTEM_ROLES
 from ..errors import ClientError, StoreError
 from ..sessions.identity import SESSION_ID_PATTERN, Grant, client_secret_hash, mint_client_secret, mint_session_id
-from ..sessions.messages import SYSTEM_ROLES
 from ..stores.base import NewSession, SessionRecord, Store
 from ..types import Receive, Scope, Send
 from .api_models import (

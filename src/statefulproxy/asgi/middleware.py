@@ -1,9 +1,10 @@
 """SessionMiddleware: server-side conversation sessions around any ASGI app.
 
-A pure ASGI middleware. Chat requests (``POST .../chat/completions``) that carry a
-session identity reach the wrapped app with their history spliced in, and its answer is
-recorded; ``/v1/sessions...`` is the management API; everything else goes to the app
-untouched. The proxy is this middleware around a passthrough app.
+A pure ASGI middleware. Chat requests of any dialect (``POST .../chat/completions``,
+``.../v1/messages``, ``.../api/chat``, ``...:generateContent``) that carry a session identity
+reach the wrapped app with their history spliced in, and its answer is recorded;
+``/v1/sessions...`` is the management API; everything else goes to the app untouched. The
+proxy is this middleware around a passthrough app.
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from ..dialects import dialect_for_path
+from ..dialects.base import Dialect
 from ..errors import ClientError, StoreError
 from ..sessions.identity import Grant, client_secret_hash, client_secret_of, credential, owner_of
 from ..sessions.messages import MessageIds
+from ..sessions.service import TurnService
 from ..settings import Settings, resolve_upstream_api_key, settings_from_mapping
 from ..stores import Store, store_from_url
 from ..types import ASGIApp, Message, Receive, Scope, Send
-from .chat import ChatTurn, TurnContext, is_chat_request
+from .chat import ChatTurn, TurnContext
 from .management import ManagementAPI
 from .replies import send_error, send_failure
 
@@ -58,14 +62,14 @@ class SessionMiddleware:
         upstream_key = resolve_upstream_api_key(settings, os.environ if environ is None else environ)
         self.management = ManagementAPI(self.store, self.owner_for, self.prefix, upstream_key)
         self._secret: bytes | None = settings.scope_secret.encode() if settings.scope_secret else None
+        self.service = TurnService(self.store, settings, MessageIds())
         self.turns = TurnContext(
             app=app,
-            store=self.store,
             settings=settings,
             header_names=self.header_names,
             owner_for=self.owner_for,
-            message_ids=MessageIds(),
-            upstream_authorization=None if upstream_key is None else b"Bearer " + upstream_key.encode("latin-1"),
+            service=self.service,
+            upstream_key=None if upstream_key is None else upstream_key.encode("latin-1"),
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -75,14 +79,15 @@ class SessionMiddleware:
                 await self._with_client_secret(token, scope, receive, send)
                 return
             rest = self._management_path(scope["path"])
+            dialect = self._chat_dialect(scope)
             if rest is not None:
                 await self.management(scope, receive, send, rest)
-            elif is_chat_request(scope):
-                await ChatTurn(self.turns, scope, receive, send, None).run()
+            elif dialect is not None:
+                await ChatTurn(self.turns, scope, receive, send, None, dialect).run()
             else:
                 await self.app(scope, receive, send)
-        elif scope["type"] == "lifespan" and self.owns_store:
-            await self.app(scope, receive, self._closing_store(send))
+        elif scope["type"] == "lifespan":
+            await self.app(scope, receive, self._closing(send))
         else:
             await self.app(scope, receive, send)
 
@@ -116,10 +121,11 @@ class SessionMiddleware:
             return
         grant = Grant(*found)
         rest = self._management_path(scope["path"])
+        dialect = self._chat_dialect(scope)
         if rest is not None:
             await self.management(scope, receive, send, rest, grant)
-        elif is_chat_request(scope):
-            await ChatTurn(self.turns, scope, receive, send, grant).run()
+        elif dialect is not None:
+            await ChatTurn(self.turns, scope, receive, send, grant, dialect).run()
         else:
             message = "A client secret may only chat on and read its own session."
             await send_error(send, ClientError(403, message, type="permission_error", code="client_secret_scope"))
@@ -130,10 +136,20 @@ class SessionMiddleware:
             return path[len(prefix) :]
         return None
 
-    def _closing_store(self, send: Send) -> Send:
-        async def send_closing_store(message: Message) -> None:
+    async def aclose(self) -> None:
+        """Drain the turn service's background work, and close the store if the middleware made it."""
+        await self.service.aclose()
+        if self.owns_store:
+            await self.store.aclose()
+
+    @staticmethod
+    def _chat_dialect(scope: Scope) -> Dialect | None:
+        return dialect_for_path(scope["path"]) if scope["method"] == "POST" else None
+
+    def _closing(self, send: Send) -> Send:
+        async def send_closing(message: Message) -> None:
             if message["type"] == "lifespan.shutdown.complete":
-                await self.store.aclose()
+                await self.aclose()
             await send(message)
 
-        return send_closing_store
+        return send_closing

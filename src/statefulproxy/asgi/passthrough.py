@@ -17,6 +17,9 @@ from ..types import Headers, Message, Receive, Scope, Send
 from ..upstream import UpstreamClient, UpstreamResponse
 from .replies import send_failure
 
+# set by the session layer (asgi.chat): its errors take the request's dialect
+DIALECT_KEY = "statefulproxy.dialect"
+
 logger = logging.getLogger("statefulproxy")
 
 HOP_BY_HOP = frozenset(
@@ -117,11 +120,13 @@ class Relay:
             response = await self.upstream.request(method, target, headers, body)
         except UpstreamTimeout as exc:
             logger.warning("%s", exc)
-            await send_failure(self.send, 504, "The upstream did not answer in time.", "upstream_error", "timeout")
+            message = "The upstream did not answer in time."
+            await send_failure(self.send, 504, message, "upstream_error", "timeout", self.scope.get(DIALECT_KEY))
             return
         except UpstreamError as exc:
             logger.warning("%s", exc)
-            await send_failure(self.send, 502, "The upstream could not be reached.", "upstream_error", "bad_gateway")
+            message = "The upstream could not be reached."
+            await send_failure(self.send, 502, message, "upstream_error", "bad_gateway", self.scope.get(DIALECT_KEY))
             return
         try:
             await self._relay_response(response)

@@ -1,4 +1,4 @@
-"""Replies the proxy answers itself: OpenAI-shaped errors and small JSON bodies."""
+"""Replies the proxy answers itself: errors in the request's dialect (OpenAI's by default), small JSON bodies."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 
+from ..dialects.base import Dialect
 from ..errors import ClientError, error_body
 from ..types import Headers, Send
 
@@ -29,9 +30,15 @@ async def send_object(send: Send, status: int, value: Any, headers: Headers | No
     await send_json(send, status, orjson.dumps(value), headers)
 
 
-async def send_error(send: Send, error: ClientError) -> None:
-    await send_json(send, error.status, error_body(error.message, error.type, error.param, error.code), error.headers)
+async def send_error(send: Send, error: ClientError, dialect: Dialect | None = None) -> None:
+    if dialect is None:
+        body = error_body(error.message, error.type, error.param, error.code)
+    else:
+        body = dialect.error_body(error)
+    await send_json(send, error.status, body, error.headers)
 
 
-async def send_failure(send: Send, status: int, message: str, type: str, code: str | None = None) -> None:
-    await send_json(send, status, error_body(message, type, None, code))
+async def send_failure(
+    send: Send, status: int, message: str, type: str, code: str | None = None, dialect: Dialect | None = None
+) -> None:
+    await send_error(send, ClientError(status, message, type=type, code=code), dialect)

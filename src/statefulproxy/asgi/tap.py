@@ -1,10 +1,11 @@
 """The response tap: relays the app's response while reassembling the reply to record.
 
 A streamed reply passes through message by message, unchanged; a copy (decoded if the
-upstream compressed it) feeds the SSE recorder. The turn is committed before the message
-that carries ``[DONE]`` is forwarded, so a client that sends its next request the moment
-it sees ``[DONE]`` finds the turn stored. A non-streamed JSON reply is small and has to
-be rewritten anyway (``metadata.session_id``), so it is held until committed.
+upstream compressed it) feeds the dialect's reply decoder. The turn is committed before
+the message that carries the dialect's terminator (``[DONE]``, ``message_stop``, ...) is
+forwarded, so a client that sends its next request the moment it sees the end finds the
+turn stored. A non-streamed JSON reply is small and has to be rewritten anyway
+(``metadata.session_id``), so it is held until committed.
 
 If the commit fails the client must not take the reply for a recorded one: a held JSON
 reply becomes a 503, a stream is cut (its end is never sent, which aborts the connection).
@@ -18,9 +19,8 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 
-from ..dialects.openai_recorder import ChatStreamRecorder
-from ..dialects.openai_stream import AssistantReply, reply_from_completion
-from ..errors import StoreError, error_body
+from ..dialects.base import AssistantReply, Dialect, ReplyDecoder
+from ..errors import ClientError, StoreError
 from ..types import Headers, Message, Send
 
 logger = logging.getLogger("statefulproxy")
@@ -34,16 +34,18 @@ MAX_HELD_REPLY = 64 * 1024 * 1024
 class ResponseTap:
     """Wraps ``send`` for one chat turn; ``send_and_record`` is the wrapper."""
 
-    def __init__(self, send: Send, session_id: str, commit: Commit) -> None:
+    def __init__(self, send: Send, session_id: str, commit: Commit, dialect: Dialect, streaming: bool) -> None:
         self._send = send
         self._session_id = session_id.encode()
         self._commit = commit
+        self._dialect = dialect
+        self._streaming = streaming  # the request asked for a stream: a JSON reply may be one too (Gemini)
         self._mode: str = "relay"  # relay | stream | json | cut
         self._start: Message | None = None
         self._held: list[bytes] = []
         self._held_size = 0
         self._decoder: zlib._Decompress | None = None
-        self._recorder: ChatStreamRecorder | None = None
+        self._recorder: ReplyDecoder | None = None
         self.committed = False
 
     async def send_and_record(self, message: Message) -> None:
@@ -74,10 +76,13 @@ class ResponseTap:
                 self._decoder = zlib.decompressobj(zlib.MAX_WBITS | 16)
             elif encoding == b"deflate":
                 self._decoder = zlib.decompressobj()
-            if content_type.startswith(b"text/event-stream"):
+            whole_json = b"json" in content_type and b"ndjson" not in content_type
+            # a JSON reply to a streaming request is a stream too in Gemini's JSON-array form
+            recorder = self._dialect.stream_decoder(content_type) if self._streaming or not whole_json else None
+            if recorder is not None:
                 self._mode = "stream"
-                self._recorder = ChatStreamRecorder()
-            elif b"json" in content_type:
+                self._recorder = recorder
+            elif whole_json:
                 self._mode = "json"
                 self._start = message
                 return
@@ -128,7 +133,7 @@ class ResponseTap:
         except (ValueError, zlib.error):
             await self._release_unrecorded(False)
             return
-        reply = reply_from_completion(parsed)
+        reply = self._dialect.reply_from_body(parsed)
         if reply is None:
             await self._release_unrecorded(False)
             return
@@ -139,29 +144,12 @@ class ResponseTap:
             await self._send_store_failure()
             return
         self.committed = True
-        await self._send_json(self._with_session_id(parsed, body), drop_encoding=self._decoder is not None)
+        await self._send_json(
+            with_session_id(parsed, body, self._session_id.decode()), drop_encoding=self._decoder is not None
+        )
 
     def _decoded(self, chunk: bytes) -> bytes:
         return chunk if self._decoder is None else self._decoder.decompress(chunk)
-
-    def _with_session_id(self, parsed: object, body: bytes) -> bytes:
-        if not isinstance(parsed, dict):
-            return body
-        metadata = parsed.get("metadata")
-        if "metadata" not in parsed and body.lstrip().startswith(b"{"):
-            # splice the key in rather than re-serialising the whole reply
-            start = body.index(b"{") + 1
-            rest = body[start:].lstrip()
-            separator = b"" if rest.startswith(b"}") else b","
-            field = b'"metadata":{"session_id":' + orjson.dumps(self._session_id.decode()) + b"}"
-            return body[:start] + field + separator + body[start:]
-        if metadata is None or isinstance(metadata, dict):
-            parsed["metadata"] = {**(metadata or {}), "session_id": self._session_id.decode()}
-            try:
-                return orjson.dumps(parsed)
-            except orjson.JSONEncodeError:  # nested past what orjson writes: relay it as it came
-                return body
-        return body
 
     async def _send_json(self, body: bytes, *, drop_encoding: bool) -> None:
         start = self._start
@@ -181,8 +169,29 @@ class ResponseTap:
 
     async def _send_store_failure(self) -> None:
         message = "The session store is unavailable; the turn was not recorded."
-        body = error_body(message, "store_error", None, "store_unavailable")
+        body = self._dialect.error_body(ClientError(503, message, type="store_error", code="store_unavailable"))
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         headers.append((b"x-session-id", self._session_id))
         await self._send({"type": "http.response.start", "status": 503, "headers": headers})
         await self._send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def with_session_id(parsed: object, body: bytes, session_id: str) -> bytes:
+    """A JSON reply naming its session in ``metadata.session_id`` (CONTRACT.md section 4)."""
+    if not isinstance(parsed, dict):
+        return body
+    metadata = parsed.get("metadata")
+    if "metadata" not in parsed and body.lstrip().startswith(b"{"):
+        # splice the key in rather than re-serialising the whole reply
+        start = body.index(b"{") + 1
+        rest = body[start:].lstrip()
+        separator = b"" if rest.startswith(b"}") else b","
+        field = b'"metadata":{"session_id":' + orjson.dumps(session_id) + b"}"
+        return body[:start] + field + separator + body[start:]
+    if metadata is None or isinstance(metadata, dict):
+        parsed["metadata"] = {**(metadata or {}), "session_id": session_id}
+        try:
+            return orjson.dumps(parsed)
+        except orjson.JSONEncodeError:  # nested past what orjson writes: relay it as it came
+            return body
+    return body

@@ -23,6 +23,8 @@ from ..errors import ClientError
 
 DialectName = Literal["openai", "anthropic", "ollama", "gemini"]
 
+SYSTEM_ROLES = frozenset({"system", "developer"})
+
 
 @dataclass(frozen=True, slots=True)
 class Canonical:
@@ -170,4 +172,4 @@ def text_of(content: object) -> str:
 
 
 def bad_request(message: str, param: str) -> ClientError:
-    return ClientError(400, message, param=param, code="invalid_request")
+    return ClientError(400, message, param=param)

@@ -17,6 +17,8 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from ..errors import ClientError, SessionBusy, StoreError
 from ..settings import Settings
@@ -29,15 +31,16 @@ _MAX_BACKOFF = 0.1
 _FIRST_RELEASE_BACKOFF = 0.05
 _MAX_RELEASE_BACKOFF = 1.0
 
-# background releases in flight: the loop keeps only weak references to tasks
-_releasing: set[asyncio.Task[None]] = set()
+Spawn = Callable[[Coroutine[Any, Any, None]], None]
 
 
 class TurnLease:
     """The lease of one turn on one session."""
 
-    def __init__(self, store: Store, owner: str, session_id: str, settings: Settings) -> None:
+    def __init__(self, store: Store, owner: str, session_id: str, settings: Settings, spawn: Spawn) -> None:
+        """``spawn`` runs a background release; the turn service owns those tasks and drains them."""
         self.store = store
+        self.spawn = spawn
         self.owner = owner
         self.session_id = session_id
         self.lease = Lease(secrets.token_hex(16), max(int(settings.lease_ttl * 1000), 1))
@@ -92,9 +95,7 @@ class TurnLease:
             self._release_in_background()
 
     def _release_in_background(self) -> None:
-        task = asyncio.get_running_loop().create_task(self._release_until_expired())
-        _releasing.add(task)
-        task.add_done_callback(_releasing.discard)
+        self.spawn(self._release_until_expired())
 
     async def _release_until_expired(self) -> None:
         deadline = time.monotonic() + self.lease.ttl_ms / 1000

@@ -16,30 +16,11 @@ from typing import Any, Literal
 
 import orjson
 
-from ..errors import ClientError
+from ..dialects.base import SYSTEM_ROLES
 
 ReasoningField = Literal["none", "reasoning_content", "reasoning"]
 
-SYSTEM_ROLES = frozenset({"system", "developer"})
 _PLAIN_KEYS = ("role", "content", "name")
-
-
-def validate_messages(value: object) -> list[dict[str, Any]]:
-    """The request's ``messages``, checked to be a list of objects with a string role."""
-    if not isinstance(value, list):
-        raise ClientError(400, "'messages' must be an array of message objects.", param="messages")
-    for index, message in enumerate(value):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise ClientError(
-                400, f"messages[{index}] must be an object with a string 'role'.", param=f"messages[{index}]"
-            )
-        tool_calls = message.get("tool_calls")
-        if tool_calls is not None and (
-            not isinstance(tool_calls, list) or not all(isinstance(call, dict) for call in tool_calls)
-        ):
-            param = f"messages[{index}].tool_calls"
-            raise ClientError(400, f"{param} must be an array of tool call objects.", param=param)
-    return value
 
 
 def minimal(message: Mapping[str, Any], reasoning_field: ReasoningField = "none") -> dict[str, Any]:

@@ -8,8 +8,6 @@ A repeated message without the retry header is a new turn ("yes", "yes") and is 
 
 from __future__ import annotations
 
-import secrets
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,38 +39,3 @@ def recorded_reply(stored: Sequence[bytes], plan: TurnPlan) -> dict[str, Any] | 
         return None
     last: dict[str, Any] = orjson.loads(stored[-1])
     return last if last.get("role") == "assistant" else None
-
-
-def completion_body(message: dict[str, Any], model: object, session_id: str) -> bytes:
-    return orjson.dumps(
-        {
-            "id": "chatcmpl-" + secrets.token_hex(12),
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model if isinstance(model, str) else "",
-            "choices": [{"index": 0, "message": message, "finish_reason": _finish_reason(message)}],
-            "metadata": {"session_id": session_id},
-        }
-    )
-
-
-def completion_stream(message: dict[str, Any], model: object) -> bytes:
-    """The recorded message as one chat.completion.chunk stream, ``[DONE]`` included."""
-    base = {
-        "id": "chatcmpl-" + secrets.token_hex(12),
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": model if isinstance(model, str) else "",
-    }
-    delta: dict[str, Any] = {"role": "assistant", "content": message.get("content")}
-    if message.get("tool_calls"):
-        delta["tool_calls"] = [{"index": index, **call} for index, call in enumerate(message["tool_calls"])]
-    chunks = [
-        {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]},
-        {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": _finish_reason(message)}]},
-    ]
-    return b"".join(b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in chunks) + b"data: [DONE]\n\n"
-
-
-def _finish_reason(message: dict[str, Any]) -> str:
-    return "tool_calls" if message.get("tool_calls") else "stop"

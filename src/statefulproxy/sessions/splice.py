@@ -35,6 +35,7 @@ class TurnPlan:
     tail: list[bytes]  # canonical messages appended (before the reply)
     drop_leading: int
     tail_leading_system: int
+    tail_start: int = 0  # where the recorded tail starts among the sent messages (``head`` is their start)
 
 
 def plan_turn(
@@ -42,36 +43,46 @@ def plan_turn(
     stored_leading_system: int,
     sent: Sequence[dict[str, Any]],
     reasoning_field: ReasoningField = "none",
+    *,
+    skip: int = 0,
+    forward: bool = True,
 ) -> TurnPlan:
-    """Decide how a turn is spliced and recorded. ``sent`` is already validated."""
+    """Decide how a turn is spliced and recorded. ``sent`` is already validated.
+
+    ``skip`` conversation messages (after the stored leading system ones) are left out of a
+    resumed turn's forward: the history window. Without ``forward`` the caller lays the
+    forward out itself and ``forward`` stays None.
+    """
 
     def canon(messages: Sequence[dict[str, Any]]) -> list[bytes]:
         return [canonical(message, reasoning_field) for message in messages]
 
     def as_sent(messages: Sequence[dict[str, Any]]) -> list[bytes]:
-        return [orjson.dumps(message) for message in messages]
+        return [orjson.dumps(message) for message in messages] if forward else []
 
     if not stored:
-        return TurnPlan("new", None, [], canon(sent), 0, leading_system_count(sent))
+        return TurnPlan("new", None, [], canon(sent), 0, leading_system_count(sent), 0)
 
     if _is_prefix(stored, sent, reasoning_field):
         tail = sent[len(stored) :]
-        return TurnPlan("full_array", None, [], canon(tail), 0, leading_system_count(tail))
+        return TurnPlan("full_array", None, [], canon(tail), 0, leading_system_count(tail), len(stored))
 
     if not any(message["role"] == "assistant" for message in sent):
         sent_lead = leading_system_count(sent)
         rest = sent[sent_lead:]
         head = canon(sent[:sent_lead])
+        conversation = stored[stored_leading_system + skip :]
         if not head or head == list(stored[:stored_leading_system]):
             # no system prompt sent, or the same one again: keep the stored one
             head, drop = [], 0
-            forward = list(stored) + as_sent(rest)
+            system = list(stored[:stored_leading_system])
         else:
             drop = stored_leading_system
-            forward = as_sent(sent[:sent_lead]) + list(stored[drop:]) + as_sent(rest)
-        return TurnPlan("resume", forward, head, canon(rest), drop, leading_system_count(rest))
+            system = as_sent(sent[:sent_lead]) if forward else []
+        laid_out = [*system, *conversation, *as_sent(rest)] if forward else None
+        return TurnPlan("resume", laid_out, head, canon(rest), drop, leading_system_count(rest), sent_lead)
 
-    return TurnPlan("replace", None, [], canon(sent), DROP_ALL, leading_system_count(sent))
+    return TurnPlan("replace", None, [], canon(sent), DROP_ALL, leading_system_count(sent), 0)
 
 
 def _is_prefix(stored: Sequence[bytes], sent: Sequence[dict[str, Any]], reasoning_field: ReasoningField) -> bool:

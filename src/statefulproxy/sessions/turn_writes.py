@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
 
-from ..dialects.openai_stream import AssistantReply
+from ..dialects.base import AssistantReply
 from ..settings import ReplayReasoning
 from ..stores.base import NewSession, StoredMessage, TurnWrite
 from .messages import canonical, title_from
@@ -24,13 +24,23 @@ def turn_write(
     create: bool,
     new_id: Callable[[], bytes],
     reasoning_field: ReplayReasoning,
+    natives: Sequence[dict[str, Any] | None] = (),
 ) -> TurnWrite:
-    """The write of a turn: ``plan``'s messages, then ``reply``'s, whose stored message is last."""
+    """The write of a turn: ``plan``'s messages, then ``reply``'s, whose stored message is last.
+
+    ``natives`` runs beside ``sent``: what a dialect keeps of each sent message (dialects.base.Canonical).
+    """
     # info is built by hand: a turn writes several, on the hot path
     created_at = b'","created_at":' + str(int(time.time())).encode()
 
-    def stored(replay: bytes) -> StoredMessage:
-        return StoredMessage(replay, b'{"id":"' + new_id() + created_at + b"}")
+    def stored(replay: bytes, native: dict[str, Any] | None = None) -> StoredMessage:
+        info = b'{"id":"' + new_id() + created_at
+        if native:
+            info += b',"native":' + orjson.dumps(native)
+        return StoredMessage(replay, info + b"}")
+
+    def native_of(index: int) -> dict[str, Any] | None:
+        return natives[index] if index < len(natives) else None
 
     message = reply.message
     if reply.reasoning and reasoning_field != "none":
@@ -43,11 +53,12 @@ def turn_write(
             ("usage", reply.usage),
             ("finish_reason", reply.finish_reason),
             ("model", reply.model),
+            ("native", reply.native),
         )
         if value is not None
     }
-    head = [stored(replay) for replay in plan.head]
-    tail = [stored(replay) for replay in plan.tail]
+    head = [stored(replay, native_of(index)) for index, replay in enumerate(plan.head)]
+    tail = [stored(replay, native_of(plan.tail_start + index)) for index, replay in enumerate(plan.tail)]
     answer = stored(canonical(message, reasoning_field))  # ids in history order: the reply's is last
     if extra:
         answer = StoredMessage(answer.replay, answer.info[:-1] + b"," + orjson.dumps(extra)[1:])

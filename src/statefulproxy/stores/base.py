@@ -12,7 +12,7 @@ Stores build their keys from hashes of (owner, session id), never from raw strin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -61,6 +61,10 @@ class SessionSnapshot:
     # set when the load's idempotency key names a recorded turn: its value, and nothing else
     # was done (no history, nothing counted, no lease taken)
     idempotent: bytes | None = None
+    # the session's own history window (max_messages, max_tokens), if it has one
+    window: tuple[int, int] | None = None
+    # the info documents of the same messages, read only when asked for (most turns never do)
+    info: Callable[[], list[bytes]] = field(default=list, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,11 +97,14 @@ class MemoryStore:
             session.deadline = self._deadline(now)
             if lease is not None:
                 self._leases[owner, session_id] = (lease.token, now + lease.ttl_ms / 1000)
+        messages = session.messages
+        count = len(messages)  # the list grows in place with the next commit: the snapshot stops here
         return SessionSnapshot(
             id=session_id,
             status=status,
-            replay=[message.replay for message in session.messages],
+            replay=[message.replay for message in messages],
             leading_system=session.leading_system,
+            info=lambda: [message.info for message in messages[:count]],
         )
 
     async def commit(self, owner: str, session_id: str, write: TurnWrite) -> CommitResult:

@@ -125,7 +125,13 @@ class RedisStore:
             limited_by = cast(Literal["max_requests_per_1_minute", "max_requests"], refused[1].decode())
             return SessionSnapshot(session_id, cast(SessionStatus, status.decode()), [], 0, int(refused[0]), limited_by)
         replay = [element.partition(b"\n")[0] for element in elements]
-        return SessionSnapshot(session_id, cast(SessionStatus, status.decode()), replay, int(leading_system))
+        return SessionSnapshot(
+            session_id,
+            cast(SessionStatus, status.decode()),
+            replay,
+            int(leading_system),
+            info=lambda: [element.partition(b"\n")[2] for element in elements],
+        )
 
     async def commit(self, owner: str, session_id: str, write: TurnWrite) -> CommitResult:
         new, now = write.create, self._clock()

@@ -1,0 +1,331 @@
+"""The turn service: one chat turn on a session, from admission to commit, for any dialect.
+
+It knows nothing of ASGI or HTTP. ``begin`` reads the session and takes its lease in one
+store round trip (answering a kept Idempotency-Key reply or an SDK retry from the store
+instead), admits the turn (ended, expired, over a limit), decides the splice and the
+history window, and lays out the body to forward. The ``Turn`` it returns commits the
+reply (releasing the lease in the same atomic step) or, on every other exit, releases the
+lease. Background lease releases are the service's own tasks, drained by ``aclose``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ..dialects.base import AssistantReply, Canonical, Dialect
+from ..errors import ClientError, StoreError
+from ..settings import Settings
+from ..stores.base import IdempotentReply, SessionSnapshot, Store
+from .idempotency import IdempotencyKey
+from .identity import MINTED_PREFIX, mint_session_id
+from .leases import TurnLease
+from .messages import MessageIds
+from .retries import recorded_reply
+from .splice import TurnPlan, plan_turn
+from .turn_writes import turn_write
+from .window import message_tokens, window_start
+
+logger = logging.getLogger("statefulproxy")
+
+_USER_PREFIX = b'{"role":"user"'  # a canonical message's bytes start with its role
+_NATIVE = b'"native"'
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRequest:
+    """One session chat request, parsed."""
+
+    dialect: Dialect
+    owner: str
+    session_id: str | None  # None: a new session (store: true without an id)
+    record: bool  # False: store: false, the history is spliced but nothing is written
+    body: dict[str, Any]  # the request body less the fields the proxy consumed
+    sent: list[Canonical]
+    metadata: object  # the request's `metadata`, kept as a new session's metadata
+    key: IdempotencyKey | None
+    must_exist: bool  # a client secret's session: an unknown id is a 404, never created
+    retry: bool  # the client says this is a retry of a request it sent before
+    stream: bool
+    query: str
+    model: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """A reply answered from the store: the upstream is not called, nothing is written."""
+
+    session_id: str
+    body: bytes
+    content_type: bytes
+
+
+class Turn:
+    """A turn admitted and holding its session's lease until ``commit`` or ``release``."""
+
+    def __init__(
+        self,
+        service: TurnService,
+        request: TurnRequest,
+        session_id: str,
+        forward: bytes,
+        plan: TurnPlan | None,
+        snapshot: SessionSnapshot | None,
+        lease: TurnLease | None,
+    ) -> None:
+        self.service = service
+        self.request = request
+        self.session_id = session_id
+        self.forward = forward  # the body to send upstream
+        self.plan = plan  # None: nothing is recorded
+        self.snapshot = snapshot
+        self.lease = lease
+
+    async def commit(self, reply: AssistantReply) -> None:
+        """Record the turn with ``reply``; StoreError if the store failed (nothing was written)."""
+        plan, request, service = self.plan, self.request, self.service
+        if plan is None:
+            return
+        try:
+            write = turn_write(
+                plan,
+                reply,
+                [item.message for item in request.sent],
+                request.metadata,
+                create=self.snapshot is None,
+                new_id=service.message_ids.new,
+                reasoning_field=service.settings.replay_reasoning,
+                natives=[item.native for item in request.sent],
+            )
+        except orjson.JSONEncodeError as exc:
+            if not _too_deep(exc):
+                raise
+            logger.warning("reply nests too deeply to be stored; turn not recorded")
+            return
+        if request.key is not None:
+            # the message as recorded (refusal included), not its replay form
+            kept = request.key.keep(_kept_message(reply))
+            write = dataclasses.replace(
+                write, idempotent=IdempotentReply(request.key.hashed, kept, service.settings.idempotency_ttl_ms)
+            )
+        lease = self.lease
+        if lease is not None:
+            write = dataclasses.replace(write, lease_token=lease.token)
+        result = await service.store.commit(request.owner, self.session_id, write)
+        if lease is not None:
+            lease.released = True  # the commit released it in the same step
+        if result != "ok":
+            logger.info("turn not recorded: session %s", result)
+
+    async def release(self) -> None:
+        """Stop renewing the lease and drop it unless the commit did. Safe to call twice."""
+        if self.lease is not None:
+            await self.lease.release()
+
+
+class TurnService:
+    """Runs session turns against ``store``; one per middleware."""
+
+    def __init__(self, store: Store, settings: Settings, message_ids: MessageIds) -> None:
+        self.store = store
+        self.settings = settings
+        self.message_ids = message_ids
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def begin(self, request: TurnRequest) -> Turn | Recorded:
+        """Admit a turn: a Turn to run, or a Recorded reply to send. Raises ClientError or StoreError."""
+        key, record, owner = request.key, request.record, request.owner
+        session_id, minted = request.session_id, request.session_id is None
+        lease: TurnLease | None = None
+        try:
+            if session_id is None:
+                session_id = mint_session_id() if key is None else key.session_id(owner)
+            if record:
+                lease = TurnLease(self.store, owner, session_id, self.settings, self.spawn)
+                snapshot = await lease.load(None if key is None else key.hashed)
+            else:
+                snapshot = await self.store.load(owner, session_id)
+        except StoreError as exc:
+            if self.settings.on_store_error != "passthrough":
+                raise
+            logger.warning("session store unavailable, forwarding without history: %s", exc)
+            return self.degraded(request)
+        if snapshot is not None and snapshot.idempotent is not None and key is not None:
+            return self._recorded(request, session_id, key.reply(snapshot.idempotent))  # no lease was taken
+        try:
+            if snapshot is None and not minted and (session_id.startswith(MINTED_PREFIX) or request.must_exist):
+                raise ClientError(
+                    404, f"No session found with id '{session_id}'.", param="session_id", code="not_found"
+                )
+            if snapshot is not None:
+                _admit(snapshot)
+            plan, forward = self._splice(request, snapshot)
+            if snapshot is not None and record and key is None and request.retry:
+                found = recorded_reply(snapshot.replay, plan)
+                if found is not None:
+                    await _release(lease)
+                    return self._recorded(request, session_id, {**found, **_native_of(snapshot.info()[-1])})
+        except BaseException:
+            await _release(lease)
+            raise
+        if lease is not None:
+            lease.keep_renewed()
+        return Turn(self, request, session_id, forward, plan if record else None, snapshot, lease)
+
+    def degraded(self, request: TurnRequest) -> Turn:
+        """The turn when the store is down and ``on_store_error`` is passthrough: forwarded
+        without its history, nothing recorded."""
+        return Turn(self, request, request.session_id or mint_session_id(), _dumps(request.body), None, None, None)
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run ``coroutine`` in the background until it ends or ``aclose`` drains it."""
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def aclose(self, grace: float = 5.0) -> None:
+        """Wait up to ``grace`` seconds for background work, then cancel what is left."""
+        pending = set(self._background)
+        if not pending:
+            return
+        _, still = await asyncio.wait(pending, timeout=grace)
+        for task in still:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*still, return_exceptions=True)
+
+    def _splice(self, request: TurnRequest, snapshot: SessionSnapshot | None) -> tuple[TurnPlan, bytes]:
+        """How the turn is recorded, and the body to forward."""
+        stored = snapshot.replay if snapshot else []
+        lead = snapshot.leading_system if snapshot else 0
+        sent = request.sent
+        if stored and any(item.message.get("tool_call_id") == "" for item in sent):
+            sent = bind_tool_results(sent, stored)
+        messages = [item.message for item in sent]
+        openai = request.dialect.name == "openai"
+        skip = self._window_skip(snapshot, lead) if snapshot is not None else 0
+        try:
+            plan = plan_turn(stored, lead, messages, self.settings.replay_reasoning, skip=skip, forward=openai)
+            body = request.body
+            if plan.mode != "resume":
+                return plan, _dumps(body)
+            if openai:
+                assert plan.forward is not None
+                body = {**body, "messages": orjson.Fragment(b"[" + b",".join(plan.forward) + b"]")}
+                return plan, _dumps(body)
+            assert snapshot is not None
+            history = _history(snapshot, lead + skip, len(stored))
+            system = sent[: len(plan.head)] if plan.head else _history(snapshot, 0, lead)
+            return plan, _dumps(request.dialect.render(body, system, history))
+        except orjson.JSONEncodeError as exc:
+            if not _too_deep(exc):
+                raise
+            raise ClientError(400, "The request body nests too deeply (at most 254 levels).", code="too_deep") from None
+
+    def _window_skip(self, snapshot: SessionSnapshot, lead: int) -> int:
+        """How many stored conversation messages the history window leaves out."""
+        max_messages, max_tokens = self.settings.max_history_messages, self.settings.max_history_tokens
+        if snapshot.window is not None:
+            max_messages, max_tokens = snapshot.window
+        if not max_messages and not max_tokens:
+            return 0
+        conversation = snapshot.replay[lead:]
+        roles = ["user" if replay.startswith(_USER_PREFIX) else "other" for replay in conversation]
+        tokens: Sequence[int] = ()
+        if max_tokens:
+            info = snapshot.info()[lead:]
+            tokens = [message_tokens(replay, extra) for replay, extra in zip(conversation, info, strict=True)]
+        return window_start(roles, tokens, max_messages, max_tokens)
+
+    def _recorded(self, request: TurnRequest, session_id: str, message: dict[str, Any]) -> Recorded:
+        native = message.pop("native", None)
+        body, content_type = request.dialect.recorded_body(
+            Canonical(message, native), request.model, request.stream, request.query
+        )
+        return Recorded(session_id, body, content_type)
+
+
+def bind_tool_results(sent: list[Canonical], stored: Sequence[bytes]) -> list[Canonical]:
+    """Tool results a dialect could not bind to a call (Ollama and Gemini answer by name), bound to
+    the calls of the last stored assistant message, by name and then in order."""
+    calls: list[tuple[str, str]] = []
+    for replay in reversed(stored):
+        message = orjson.loads(replay)
+        if message.get("role") == "assistant":
+            for call in message.get("tool_calls") or ():
+                function = call.get("function") or {}
+                calls.append((str(call.get("id") or ""), str(function.get("name") or "")))
+            break
+    bound: list[Canonical] = []
+    for item in sent:
+        message = item.message
+        if message.get("role") == "tool" and message.get("tool_call_id") == "" and calls:
+            name = message.get("name")
+            index = next((i for i, (_, called) in enumerate(calls) if called == name), 0)
+            call_id, _ = calls.pop(index)
+            message = {key: value for key, value in message.items() if key != "name"}
+            message["tool_call_id"] = call_id
+            item = Canonical(message, item.native)
+        bound.append(item)
+    return bound
+
+
+def _history(snapshot: SessionSnapshot, start: int, stop: int) -> list[Canonical]:
+    info = snapshot.info()
+    return [
+        Canonical(orjson.loads(snapshot.replay[index]), _native_of(info[index]).get("native"))
+        for index in range(start, stop)
+    ]
+
+
+def _native_of(info: bytes) -> dict[str, Any]:
+    if _NATIVE not in info:
+        return {}
+    native = orjson.loads(info).get("native")
+    return {"native": native} if native else {}
+
+
+async def _release(lease: TurnLease | None) -> None:
+    if lease is not None:
+        await lease.release()
+
+
+def _kept_message(reply: AssistantReply) -> bytes:
+    message = reply.message if reply.native is None else {**reply.message, "native": reply.native}
+    return orjson.dumps(message)
+
+
+def _dumps(body: dict[str, Any]) -> bytes:
+    # Always re-serialised, even when unchanged: the upstream must read exactly what was
+    # parsed and recorded (a body with duplicate keys reads differently elsewhere).
+    return orjson.dumps(body)
+
+
+def _too_deep(exc: orjson.JSONEncodeError) -> bool:
+    # Past 254 levels orjson cannot write JSON back (past 1024 it cannot read it: a 400 too).
+    # JSONEncodeError is a TypeError: anything but the recursion limit is a bug, not a 400.
+    return "Recursion limit" in str(exc)
+
+
+def _admit(snapshot: SessionSnapshot) -> None:
+    """Refuse a turn on a read-only session or one over its request limits."""
+    if snapshot.status != "active":
+        raise ClientError(
+            409, f"Session '{snapshot.id}' is {snapshot.status} and read-only.", code=f"session_{snapshot.status}"
+        )
+    if snapshot.retry_after is not None:
+        per_minute = snapshot.limited_by == "max_requests_per_1_minute"
+        raise ClientError(
+            429,
+            f"Session '{snapshot.id}' is over its {'per-minute request limit' if per_minute else 'request limit'}.",
+            type="rate_limit_error",
+            code="rate_limit_exceeded" if per_minute else "max_requests_exceeded",
+            headers=[(b"retry-after", str(snapshot.retry_after).encode())],
+        )
