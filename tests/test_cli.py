@@ -60,7 +60,7 @@ class Recorder:
         (
             [],
             "statefulproxy: error: upstream: required "
-            "(--upstream, STATEFULPROXY_UPSTREAM or `upstream` in the config file)",
+            "(--upstream, STATEFULPROXY_UPSTREAM or `upstream` in the config file), unless `routes` are set",
         ),
         (
             ["--upstream", "http://x", "--port", "0"],

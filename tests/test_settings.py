@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from statefulproxy.errors import ConfigError
+from statefulproxy.routes import Route
 from statefulproxy.settings import Settings, load_settings, settings_from_mapping
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.yaml"
@@ -47,7 +48,8 @@ def test_defaults() -> None:
     assert (settings.connect_timeout, settings.read_timeout) == (10.0, 600.0)
     assert settings.upstream_max_connections == 1000
     assert settings.forward_store is False
-    assert settings.replay_reasoning == "none"
+    assert settings.replay_reasoning == "auto"
+    assert (settings.profile, settings.routes, settings.session_namespaces) == ("openai", (), ())
     assert settings.scope_secret is None
     assert (settings.log_level, settings.access_log) == ("info", False)
 
@@ -147,6 +149,9 @@ def test_every_key_has_an_environment_variable() -> None:
         "STATEFULPROXY_UPSTREAM_MAX_CONNECTIONS": "0",
         "STATEFULPROXY_FORWARD_STORE": "yes",
         "STATEFULPROXY_REPLAY_REASONING": "reasoning_content",
+        "STATEFULPROXY_PROFILE": "vllm",
+        "STATEFULPROXY_ROUTES": '[{"prefix": "/a", "upstream": "https://api.anthropic.com", "profile": "anthropic"}]',
+        "STATEFULPROXY_SESSION_NAMESPACES": "/document/{doc}, /team/{t}/chat/{c}",
         "STATEFULPROXY_MAX_HISTORY_MESSAGES": "40",
         "STATEFULPROXY_MAX_HISTORY_TOKENS": "8000",
         "STATEFULPROXY_SCOPE_SECRET": "k" * 32,
@@ -182,6 +187,9 @@ def test_every_key_has_an_environment_variable() -> None:
         replay_reasoning="reasoning_content",
         max_history_messages=40,
         max_history_tokens=8000,
+        profile="vllm",
+        routes=(Route("/a", "https://api.anthropic.com", "anthropic"),),
+        session_namespaces=(("document", "{doc}"), ("team", "{t}", "chat", "{c}")),
         scope_secret="k" * 32,
         require_credential=True,
         upstream_api_key="sk-upstream",
@@ -454,7 +462,10 @@ BAD_VALUES = [
     ("upstream_max_connections", "many", "must be an integer of at least 0"),
     ("forward_store", "perhaps", "must be true or false"),
     ("require_credential", "sometimes", "must be true or false"),
-    ("replay_reasoning", "think", "must be one of 'none', 'reasoning_content', 'reasoning'"),
+    ("replay_reasoning", "think", "must be one of 'auto', 'none', 'reasoning_content', 'reasoning'"),
+    ("profile", "mistral", "must be one of 'openai', 'azure'"),
+    ("routes", [{"prefix": "/a/", "upstream": "https://x"}], "routes[0].prefix must be ''"),
+    ("session_namespaces", ["/document/d1"], "'/document/d1' names no {parameter}"),
     ("max_history_messages", -1, "must be an integer of at least 0"),
     ("max_history_tokens", "lots", "must be an integer of at least 0"),
     ("scope_secret", "", "must not be empty"),

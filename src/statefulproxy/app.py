@@ -8,7 +8,8 @@ from .asgi.guards import check_request_head
 from .asgi.middleware import SessionMiddleware
 from .asgi.passthrough import PassthroughApp
 from .asgi.replies import send_error, send_failure, send_object
-from .errors import ConfigError, StoreError
+from .errors import ClientError, ConfigError, StoreError
+from .routes import CHAT_DIALECT_KEY, ROUTE_KEY, match_route
 from .settings import Settings
 from .stores import Store, store_from_url
 from .types import Receive, Scope, Send
@@ -21,13 +22,14 @@ class ProxyApp:
     """The ASGI app ``statefulproxy`` serves. Opens and closes its clients in the lifespan."""
 
     def __init__(self, settings: Settings, store: Store | None = None) -> None:
-        if settings.upstream is None:
+        if not settings.route_table:
             raise ConfigError(
-                "upstream: required (--upstream, STATEFULPROXY_UPSTREAM or `upstream` in the config file)"
+                "upstream: required (--upstream, STATEFULPROXY_UPSTREAM or `upstream` in the config file), "
+                "unless `routes` are set"
             )
         self.settings = settings
+        self.routes = settings.route_table
         self.upstream = UpstreamClient(
-            settings.upstream,
             timeouts=UpstreamTimeouts(connect=settings.connect_timeout, read=settings.read_timeout),
             max_connections=settings.upstream_max_connections,
         )
@@ -55,10 +57,32 @@ class ProxyApp:
             elif path == self.readyz:
                 await self._ready(send)
             else:
-                await self.sessions(scope, receive, send)
+                await self._route(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         # websockets are not proxied: returning without accepting closes them
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        found = match_route(self.routes, scope["path"])
+        if found is None:
+            message = f"No route for '{scope['path']}'."
+            await send_error(send, ClientError(404, message, type="not_found_error", code="no_route"))
+            return
+        route, rest = found
+        chat = route.chat_path(rest)
+        if chat is not None:
+            scope = {
+                **scope,
+                "path": chat.upstream_path,
+                "raw_path": chat.upstream_path.encode(),
+                CHAT_DIALECT_KEY: chat.dialect,
+            }
+        elif route.prefix:
+            raw: bytes = scope.get("raw_path") or scope["path"].encode()
+            prefix = route.prefix.encode()
+            scope = {**scope, "path": rest, "raw_path": raw[len(prefix) :] if raw.startswith(prefix) else rest.encode()}
+        scope[ROUTE_KEY] = route
+        await self.sessions(scope, receive, send)
 
     async def _ready(self, send: Send) -> None:
         if await self.store.ping():

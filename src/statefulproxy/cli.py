@@ -15,7 +15,9 @@ from statefulproxy.settings import LogLevel, Settings, load_settings
 
 Runner = Callable[[Settings], None]
 
-_UPSTREAM_REQUIRED = "upstream: required (--upstream, STATEFULPROXY_UPSTREAM or `upstream` in the config file)"
+_UPSTREAM_REQUIRED = (
+    "upstream: required (--upstream, STATEFULPROXY_UPSTREAM or `upstream` in the config file), unless `routes` are set"
+)
 
 
 class _UsageError(Exception):
@@ -56,7 +58,7 @@ def main(argv: Sequence[str] | None = None, *, run: Runner | None = None) -> int
         return _fail(str(exc))
     try:
         settings = load_settings(vars(args), os.environ)
-        if settings.upstream is None:
+        if not settings.route_table:
             raise ConfigError(_UPSTREAM_REQUIRED)
         (run or serve)(settings)
     except ConfigError as exc:

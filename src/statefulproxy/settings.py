@@ -19,6 +19,7 @@ import yaml
 
 from statefulproxy import settings_values as values
 from statefulproxy.errors import ConfigError
+from statefulproxy.routes import PROFILES, Profile, Route, parse_namespaces, parse_routes
 
 __all__ = [
     "CONFIG_ENV",
@@ -34,7 +35,7 @@ __all__ = [
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 OnBusy = Literal["wait", "reject"]
 OnStoreError = Literal["fail", "passthrough"]
-ReplayReasoning = Literal["none", "reasoning_content", "reasoning"]
+ReplayReasoning = Literal["auto", "none", "reasoning_content", "reasoning"]  # auto: the route's profile decides
 
 ENV_PREFIX: Final = "STATEFULPROXY_"
 CONFIG_ENV: Final = "STATEFULPROXY_CONFIG"
@@ -62,7 +63,10 @@ class Settings:
     read_timeout: float | None = 600.0
     upstream_max_connections: int = 1000
     forward_store: bool = False
-    replay_reasoning: ReplayReasoning = "none"
+    replay_reasoning: ReplayReasoning = "auto"
+    profile: Profile = "openai"
+    routes: tuple[Route, ...] = ()
+    session_namespaces: tuple[tuple[str, ...], ...] = ()
     max_history_messages: int = 0
     max_history_tokens: int = 0
     scope_secret: str | None = None
@@ -83,6 +87,13 @@ class Settings:
     def __post_init__(self) -> None:
         for key, parse in _PARSERS.items():
             object.__setattr__(self, key, _parse(key, parse, getattr(self, key), "Settings()"))
+
+    @property
+    def route_table(self) -> tuple[Route, ...]:
+        """``routes``, then ``upstream`` as the catch-all route under the prefix ""."""
+        if self.upstream is None or any(route.prefix == "" for route in self.routes):
+            return self.routes
+        return (*self.routes, Route("", self.upstream, self.profile))
 
     @property
     def idempotency_ttl_ms(self) -> int:
@@ -192,6 +203,16 @@ def _redacted(key: str, value: Any) -> str:
     return text
 
 
+def _structured(value: Any) -> Any:
+    """A list or mapping setting given as text (an environment variable) is read as YAML, JSON included."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise ValueError("is not valid YAML or JSON") from None
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
@@ -212,6 +233,9 @@ _PARSERS: Final[Mapping[str, Callable[[Any], Any]]] = MappingProxyType(
         "upstream_max_connections": values.integer(0, None),
         "forward_store": values.boolean,
         "replay_reasoning": values.choice(get_args(ReplayReasoning)),
+        "profile": values.choice(PROFILES),
+        "routes": lambda value: parse_routes(_structured(value), values.upstream),
+        "session_namespaces": parse_namespaces,
         "max_history_messages": values.integer(0, None),
         "max_history_tokens": values.integer(0, None),
         "scope_secret": values.secret,

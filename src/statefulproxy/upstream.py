@@ -54,10 +54,9 @@ class UpstreamResponse:
 
 
 class UpstreamClient:
-    """Sends requests to ``base_url`` + the request's raw path and query."""
+    """Sends requests to an upstream's base URL + the request's raw path and query; one pool for all upstreams."""
 
-    def __init__(self, base_url: str, *, timeouts: UpstreamTimeouts, max_connections: int = 1000) -> None:
-        self.base_url = base_url.rstrip("/")
+    def __init__(self, *, timeouts: UpstreamTimeouts, max_connections: int = 1000) -> None:
         self._timeouts = timeouts
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
@@ -82,18 +81,20 @@ class UpstreamClient:
     async def request(
         self,
         method: str,
+        base_url: str,
         target: str,
         headers: list[tuple[str, str]],
         body: bytes | AsyncIterable[bytes] | None,
     ) -> UpstreamResponse:
-        """Send a request; ``target`` is the raw path plus query, already percent-encoded."""
+        """Send a request to ``base_url`` (no trailing slash) + ``target``, the raw path plus query,
+        already percent-encoded."""
         if self._session is None:
             await self.open()
         assert self._session is not None
         try:
             response = await self._session.request(
                 method,
-                URL(self.base_url + target, encoded=True),
+                URL(base_url + target, encoded=True),
                 headers=headers,
                 data=body,
                 allow_redirects=False,

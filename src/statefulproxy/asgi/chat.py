@@ -19,8 +19,10 @@ import orjson
 
 from ..dialects.base import Dialect
 from ..errors import ClientError, StoreError
+from ..routes import ROUTE_KEY, STRICT_PROFILES, Route, reasoning_field
 from ..sessions.idempotency import idempotency_key
 from ..sessions.identity import Grant, body_session_id, header_session_id, resolve_session_id
+from ..sessions.messages import ReasoningField
 from ..sessions.retries import is_retry
 from ..sessions.service import Recorded, TurnRequest, TurnService
 from ..settings import Settings
@@ -57,9 +59,19 @@ class ChatTurn:
     """Per-request state of one chat request."""
 
     def __init__(
-        self, context: TurnContext, scope: Scope, receive: Receive, send: Send, grant: Grant | None, dialect: Dialect
+        self,
+        context: TurnContext,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        grant: Grant | None,
+        dialect: Dialect,
+        namespace: str | None = None,
     ) -> None:
         self.context = context
+        self.namespace = namespace
+        route: Route | None = scope.get(ROUTE_KEY)
+        self.profile = route.profile if route is not None else context.settings.profile
         self.app = context.app
         self.settings = context.settings
         self.grant = grant
@@ -140,6 +152,8 @@ class ChatTurn:
             stream=dialect.is_stream(parsed, self.scope["path"], query),
             query=query,
             model=model if isinstance(model, str) else None,
+            reasoning_field=self._reasoning_field(),
+            namespace=self.namespace,
         )
         service = self.context.service
         try:
@@ -162,10 +176,14 @@ class ChatTurn:
         finally:
             await turn.release()
 
+    def _reasoning_field(self) -> ReasoningField:
+        chosen = self.settings.replay_reasoning
+        return reasoning_field(self.profile) if chosen == "auto" else chosen
+
     def _consumed_removed(self, parsed: dict[str, Any]) -> dict[str, Any]:
         """The body less what the proxy consumed: ``store``, the session id fields."""
         out = parsed
-        if not self.settings.forward_store:
+        if not self.settings.forward_store or self.profile in STRICT_PROFILES:
             out = {key: value for key, value in parsed.items() if key != "store" and key not in _CONSUMED}
             metadata = parsed.get("metadata")
             if "store" in parsed:

@@ -13,9 +13,10 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from ..dialects import dialect_for_path
+from ..dialects import DIALECTS, dialect_for_path
 from ..dialects.base import Dialect
 from ..errors import ClientError, StoreError
+from ..routes import CHAT_DIALECT_KEY, match_namespace
 from ..sessions.identity import Grant, client_secret_hash, client_secret_of, credential, owner_of
 from ..sessions.messages import MessageIds
 from ..sessions.service import TurnService
@@ -59,6 +60,7 @@ class SessionMiddleware:
         )
         self.header_names = frozenset(name.encode("latin-1") for name in settings.session_headers)
         self.prefix = settings.sessions_prefix
+        self.namespaces = settings.session_namespaces
         upstream_key = resolve_upstream_api_key(settings, os.environ if environ is None else environ)
         self.management = ManagementAPI(self.store, self.owner_for, self.prefix, upstream_key)
         self._secret: bytes | None = settings.scope_secret.encode() if settings.scope_secret else None
@@ -75,21 +77,43 @@ class SessionMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             token = client_secret_of(scope["headers"])
-            if token is not None:
-                await self._with_client_secret(token, scope, receive, send)
-                return
-            rest = self._management_path(scope["path"])
-            dialect = self._chat_dialect(scope)
-            if rest is not None:
-                await self.management(scope, receive, send, rest)
-            elif dialect is not None:
-                await ChatTurn(self.turns, scope, receive, send, None, dialect).run()
+            if token is None:
+                await self._dispatch(scope, receive, send, None)
             else:
-                await self.app(scope, receive, send)
+                grant = await self._grant(token, send)
+                if grant is not None:
+                    await self._dispatch(scope, receive, send, grant)
         elif scope["type"] == "lifespan":
             await self.app(scope, receive, self._closing(send))
         else:
             await self.app(scope, receive, send)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send, grant: Grant | None) -> None:
+        path: str = scope["path"]
+        namespace = None
+        if self.namespaces:
+            found = match_namespace(self.namespaces, path)
+            if found is not None:
+                namespace, path = found
+        rest = _under(path, self.prefix if namespace is None else "/sessions")
+        if rest is not None:
+            if namespace is None:
+                await self.management(scope, receive, send, rest, grant)
+            else:
+                await self.management(scope, receive, send, rest, grant, namespace=namespace)
+            return
+        if namespace is not None:  # the namespace is the proxy's: the upstream sees the path below it
+            raw: bytes = scope.get("raw_path") or scope["path"].encode()
+            prefix = namespace.encode()
+            scope = {**scope, "path": path, "raw_path": raw[len(prefix) :] if raw.startswith(prefix) else path.encode()}
+        dialect = self._chat_dialect(scope)
+        if dialect is not None:
+            await ChatTurn(self.turns, scope, receive, send, grant, dialect, namespace).run()
+        elif grant is None:
+            await self.app(scope, receive, send)
+        else:
+            message = "A client secret may only chat on and read its own session."
+            await send_error(send, ClientError(403, message, type="permission_error", code="client_secret_scope"))
 
     async def owner_secret(self) -> bytes:
         if self._secret is None:
@@ -108,33 +132,18 @@ class SessionMiddleware:
             )
         return owner_of(found, await self.owner_secret())
 
-    async def _with_client_secret(self, token: bytes, scope: Scope, receive: Receive, send: Send) -> None:
-        """A browser's request: it may chat on and read one session, and reach nothing else."""
+    async def _grant(self, token: bytes, send: Send) -> Grant | None:
+        """What a browser's client secret opens (one session, to chat on and read), or None, answered."""
         try:
             found = await self.store.client_secret(client_secret_hash(token))
         except StoreError:
             await send_failure(send, 503, "The session store is unavailable.", "store_error", "store_unavailable")
-            return
+            return None
         if found is None:
             error = ClientError(401, "Invalid or expired client secret.", type="authentication_error")
             await send_error(send, error)
-            return
-        grant = Grant(*found)
-        rest = self._management_path(scope["path"])
-        dialect = self._chat_dialect(scope)
-        if rest is not None:
-            await self.management(scope, receive, send, rest, grant)
-        elif dialect is not None:
-            await ChatTurn(self.turns, scope, receive, send, grant, dialect).run()
-        else:
-            message = "A client secret may only chat on and read its own session."
-            await send_error(send, ClientError(403, message, type="permission_error", code="client_secret_scope"))
-
-    def _management_path(self, path: str) -> str | None:
-        prefix = self.prefix
-        if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
-            return path[len(prefix) :]
-        return None
+            return None
+        return Grant(*found)
 
     async def aclose(self) -> None:
         """Drain the turn service's background work, and close the store if the middleware made it."""
@@ -144,7 +153,10 @@ class SessionMiddleware:
 
     @staticmethod
     def _chat_dialect(scope: Scope) -> Dialect | None:
-        return dialect_for_path(scope["path"]) if scope["method"] == "POST" else None
+        if scope["method"] != "POST":
+            return None
+        named = scope.get(CHAT_DIALECT_KEY)  # an exact chat path of a route
+        return DIALECTS[named] if named is not None else dialect_for_path(scope["path"])
 
     def _closing(self, send: Send) -> Send:
         async def send_closing(message: Message) -> None:
@@ -153,3 +165,10 @@ class SessionMiddleware:
             await send(message)
 
         return send_closing
+
+
+def _under(path: str, prefix: str) -> str | None:
+    """The rest of ``path`` when it lies under ``prefix``, else None."""
+    if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
+        return path[len(prefix) :]
+    return None

@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from ..errors import UpstreamError, UpstreamTimeout
+from ..routes import ROUTE_KEY, Route
 from ..types import Headers, Message, Receive, Scope, Send
 from ..upstream import UpstreamClient, UpstreamResponse
 from .replies import send_failure
@@ -54,7 +55,7 @@ class ClientDisconnected(Exception):
 
 
 class PassthroughApp:
-    """An ASGI app that relays every HTTP request to the upstream."""
+    """An ASGI app that relays every HTTP request to the upstream of its route (``ROUTE_KEY`` in the scope)."""
 
     def __init__(self, upstream: UpstreamClient) -> None:
         self.upstream = upstream
@@ -117,7 +118,8 @@ class Relay:
         self, method: str, target: str, headers: list[tuple[str, str]], body: bytes | AsyncIterator[bytes] | None
     ) -> None:
         try:
-            response = await self.upstream.request(method, target, headers, body)
+            route: Route = self.scope[ROUTE_KEY]
+            response = await self.upstream.request(method, route.upstream, target, headers, body)
         except UpstreamTimeout as exc:
             logger.warning("%s", exc)
             message = "The upstream did not answer in time."

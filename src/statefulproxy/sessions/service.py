@@ -27,7 +27,7 @@ from ..stores.base import IdempotentReply, SessionSnapshot, Store
 from .idempotency import IdempotencyKey
 from .identity import MINTED_PREFIX, mint_session_id
 from .leases import TurnLease
-from .messages import MessageIds
+from .messages import MessageIds, ReasoningField
 from .retries import recorded_reply
 from .splice import TurnPlan, plan_turn
 from .turn_writes import turn_write
@@ -56,6 +56,8 @@ class TurnRequest:
     stream: bool
     query: str
     model: str | None
+    reasoning_field: ReasoningField = "none"  # how the upstream takes stored reasoning back
+    namespace: str | None = None  # the path prefix a new session is created under
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +103,7 @@ class Turn:
                 request.metadata,
                 create=self.snapshot is None,
                 new_id=service.message_ids.new,
-                reasoning_field=service.settings.replay_reasoning,
+                reasoning_field=request.reasoning_field,
                 natives=[item.native for item in request.sent],
             )
         except orjson.JSONEncodeError as exc:
@@ -212,7 +214,7 @@ class TurnService:
         openai = request.dialect.name == "openai"
         skip = self._window_skip(snapshot, lead) if snapshot is not None else 0
         try:
-            plan = plan_turn(stored, lead, messages, self.settings.replay_reasoning, skip=skip, forward=openai)
+            plan = plan_turn(stored, lead, messages, request.reasoning_field, skip=skip, forward=openai)
             body = request.body
             if plan.mode != "resume":
                 return plan, _dumps(body)

@@ -9,9 +9,8 @@ from typing import Any
 import orjson
 
 from ..dialects.base import AssistantReply
-from ..settings import ReplayReasoning
 from ..stores.base import NewSession, StoredMessage, TurnWrite
-from .messages import canonical, title_from
+from .messages import ReasoningField, canonical, title_from
 from .splice import TurnPlan
 
 
@@ -23,7 +22,7 @@ def turn_write(
     *,
     create: bool,
     new_id: Callable[[], bytes],
-    reasoning_field: ReplayReasoning,
+    reasoning_field: ReasoningField,
     natives: Sequence[dict[str, Any] | None] = (),
 ) -> TurnWrite:
     """The write of a turn: ``plan``'s messages, then ``reply``'s, whose stored message is last.
