@@ -67,6 +67,7 @@ class Settings:
     profile: Profile = "openai"
     routes: tuple[Route, ...] = ()
     session_namespaces: tuple[tuple[str, ...], ...] = ()
+    simple_chat_prefix: str | None = None
     max_history_messages: int = 0
     max_history_tokens: int = 0
     scope_secret: str | None = None
@@ -236,6 +237,7 @@ _PARSERS: Final[Mapping[str, Callable[[Any], Any]]] = MappingProxyType(
         "profile": values.choice(PROFILES),
         "routes": lambda value: parse_routes(_structured(value), values.upstream),
         "session_namespaces": parse_namespaces,
+        "simple_chat_prefix": values.optional(values.prefix(allow_empty=False)),
         "max_history_messages": values.integer(0, None),
         "max_history_tokens": values.integer(0, None),
         "scope_secret": values.secret,

@@ -187,6 +187,17 @@ def prefix(*, allow_empty: bool) -> Callable[[Any], str]:
     return parse
 
 
+def optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``parse``, or None for null / 'none'."""
+
+    def parse_optional(value: Any) -> Any:
+        if value is None or (isinstance(value, str) and value.strip().lower() in _NONE):
+            return None
+        return parse(value)
+
+    return parse_optional
+
+
 def secret(value: Any) -> str | None:
     if value is None:
         return None

@@ -67,9 +67,11 @@ class ChatTurn:
         grant: Grant | None,
         dialect: Dialect,
         namespace: str | None = None,
+        turn_metadata: dict[str, Any] | None = None,
     ) -> None:
         self.context = context
         self.namespace = namespace
+        self.turn_metadata = turn_metadata
         route: Route | None = scope.get(ROUTE_KEY)
         self.profile = route.profile if route is not None else context.settings.profile
         self.app = context.app
@@ -154,6 +156,7 @@ class ChatTurn:
             model=model if isinstance(model, str) else None,
             reasoning_field=self._reasoning_field(),
             namespace=self.namespace,
+            turn_metadata=self.turn_metadata,
         )
         service = self.context.service
         try:

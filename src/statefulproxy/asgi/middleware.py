@@ -26,6 +26,7 @@ from ..types import ASGIApp, Message, Receive, Scope, Send
 from .chat import ChatTurn, TurnContext
 from .management import ManagementAPI
 from .replies import send_error, send_failure
+from .simple_chat import SimpleChatAPI
 
 
 class SessionMiddleware:
@@ -65,6 +66,7 @@ class SessionMiddleware:
         self.management = ManagementAPI(self.store, self.owner_for, self.prefix, upstream_key)
         self._secret: bytes | None = settings.scope_secret.encode() if settings.scope_secret else None
         self.service = TurnService(self.store, settings, MessageIds())
+        self.simple_prefix = settings.simple_chat_prefix
         self.turns = TurnContext(
             app=app,
             settings=settings,
@@ -73,6 +75,7 @@ class SessionMiddleware:
             service=self.service,
             upstream_key=None if upstream_key is None else upstream_key.encode("latin-1"),
         )
+        self.simple_chat = SimpleChatAPI(self.turns, self.store, self.owner_for)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -95,6 +98,10 @@ class SessionMiddleware:
             found = match_namespace(self.namespaces, path)
             if found is not None:
                 namespace, path = found
+        simple = self.simple_prefix
+        if simple is not None and grant is None and namespace is None and (rest := _under(path, simple)) is not None:
+            await self.simple_chat(scope, receive, send, rest)
+            return
         rest = _under(path, self.prefix if namespace is None else "/sessions")
         if rest is not None:
             if namespace is None:

@@ -58,6 +58,7 @@ class TurnRequest:
     model: str | None
     reasoning_field: ReasoningField = "none"  # how the upstream takes stored reasoning back
     namespace: str | None = None  # the path prefix a new session is created under
+    turn_metadata: dict[str, Any] | None = None  # kept beside the turn's first new message
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +106,7 @@ class Turn:
                 new_id=service.message_ids.new,
                 reasoning_field=request.reasoning_field,
                 natives=[item.native for item in request.sent],
+                turn_metadata=request.turn_metadata,
             )
         except orjson.JSONEncodeError as exc:
             if not _too_deep(exc):

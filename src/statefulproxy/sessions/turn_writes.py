@@ -24,18 +24,22 @@ def turn_write(
     new_id: Callable[[], bytes],
     reasoning_field: ReasoningField,
     natives: Sequence[dict[str, Any] | None] = (),
+    turn_metadata: dict[str, Any] | None = None,
 ) -> TurnWrite:
     """The write of a turn: ``plan``'s messages, then ``reply``'s, whose stored message is last.
 
     ``natives`` runs beside ``sent``: what a dialect keeps of each sent message (dialects.base.Canonical).
+    ``turn_metadata`` is kept beside the turn's first new message (the simple chat API's extra fields).
     """
     # info is built by hand: a turn writes several, on the hot path
     created_at = b'","created_at":' + str(int(time.time())).encode()
 
-    def stored(replay: bytes, native: dict[str, Any] | None = None) -> StoredMessage:
+    def stored(replay: bytes, native: dict[str, Any] | None = None, metadata: Any = None) -> StoredMessage:
         info = b'{"id":"' + new_id() + created_at
         if native:
             info += b',"native":' + orjson.dumps(native)
+        if metadata:
+            info += b',"metadata":' + orjson.dumps(metadata)
         return StoredMessage(replay, info + b"}")
 
     def native_of(index: int) -> dict[str, Any] | None:
@@ -57,7 +61,10 @@ def turn_write(
         if value is not None
     }
     head = [stored(replay, native_of(index)) for index, replay in enumerate(plan.head)]
-    tail = [stored(replay, native_of(plan.tail_start + index)) for index, replay in enumerate(plan.tail)]
+    tail = [
+        stored(replay, native_of(plan.tail_start + index), turn_metadata if index == 0 else None)
+        for index, replay in enumerate(plan.tail)
+    ]
     answer = stored(canonical(message, reasoning_field))  # ids in history order: the reply's is last
     if extra:
         answer = StoredMessage(answer.replay, answer.info[:-1] + b"," + orjson.dumps(extra)[1:])
