@@ -51,6 +51,8 @@ def a_session(**changes: Any) -> dict[str, Any]:
         "rate_limits": {"max_requests_per_1_minute": None},
         "max_requests": None,
         "request_count": 0,
+        "history_window": None,
+        "namespace": None,
         "metadata": {},
         "usage": {},
         **changes,

@@ -300,6 +300,8 @@ def test_session_object() -> None:
         "rate_limits": {"max_requests_per_1_minute": None},
         "max_requests": None,
         "request_count": 0,
+        "history_window": None,
+        "namespace": None,
         "metadata": {"k": "v"},
         "usage": {"total_tokens": 9},
     }

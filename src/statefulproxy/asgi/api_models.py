@@ -15,7 +15,17 @@ import orjson
 
 from ..errors import ClientError
 from ..sessions.identity import SESSION_ID_PATTERN
-from ..stores.base import ExpiresAfter, NewSession, SessionLimits, SessionRecord, SessionStatus, StoredMessage
+from ..stores.base import (
+    UNCHANGED,
+    ExpiresAfter,
+    HistoryWindow,
+    NewSession,
+    SessionLimits,
+    SessionRecord,
+    SessionStatus,
+    StoredMessage,
+    Unchanged,
+)
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
@@ -23,6 +33,7 @@ MAX_TITLE = 256
 MAX_EXPIRY_SECONDS = 365 * 24 * 3600
 MAX_CLIENT_SECRET_SECONDS = 7 * 24 * 3600
 DEFAULT_CLIENT_SECRET_SECONDS = 600
+MAX_COUNT = 2**31 - 1  # any count a client sets: JSON allows integers too big to write back
 
 Order = Literal["asc", "desc"]
 
@@ -31,6 +42,13 @@ Order = Literal["asc", "desc"]
 class CreateRequest:
     new: NewSession
     client_secret_seconds: int | None  # None: no client secret asked for
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateRequest:
+    title: str | None  # None: leave as is
+    metadata: dict[str, str] | None  # None: leave as is
+    history_window: HistoryWindow | Unchanged | None  # None: remove it
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +76,15 @@ def session_object(record: SessionRecord) -> dict[str, Any]:
         "rate_limits": {"max_requests_per_1_minute": record.limits.max_requests_per_1_minute},
         "max_requests": record.limits.max_requests,
         "request_count": record.request_count,
+        "history_window": _window_object(record.history_window),
+        "namespace": record.namespace,
         "metadata": record.metadata,
         "usage": record.usage,
     }
+
+
+def _window_object(window: HistoryWindow | None) -> dict[str, int] | None:
+    return None if window is None else {"max_messages": window[0], "max_tokens": window[1]}
 
 
 def message_object(message: StoredMessage) -> dict[str, Any]:
@@ -70,7 +94,7 @@ def message_object(message: StoredMessage) -> dict[str, Any]:
     replay.pop("reasoning_content", None)
     replay.pop("reasoning", None)
     out: dict[str, Any] = {"id": info["id"], "object": "session.message", **replay, "created_at": info["created_at"]}
-    for kept in ("refusal", "reasoning"):
+    for kept in ("refusal", "reasoning", "metadata"):
         if info.get(kept):
             out[kept] = info[kept]
     return out
@@ -95,25 +119,32 @@ def parse_body(raw: bytes) -> dict[str, Any]:
 
 
 def parse_create(body: Mapping[str, Any]) -> CreateRequest:
-    _only(body, ("title", "metadata", "expires_after", "rate_limits", "max_requests", "client_secret"))
+    _only(
+        body, ("title", "metadata", "expires_after", "rate_limits", "max_requests", "history_window", "client_secret")
+    )
     limits = SessionLimits(
         max_requests_per_1_minute=_rate_limits(body.get("rate_limits")),
-        max_requests=_optional_int(body.get("max_requests"), "max_requests", 1, None),
+        max_requests=_optional_int(body.get("max_requests"), "max_requests", 1, MAX_COUNT),
     )
     new = NewSession(
         title=_title(body.get("title")),
         metadata=parse_metadata(body.get("metadata"), "metadata") if body.get("metadata") is not None else {},
         expires_after=_expires_after(body.get("expires_after")),
         limits=limits,
+        history_window=_history_window(body.get("history_window")),
     )
     return CreateRequest(new, _client_secret_seconds(body))
 
 
-def parse_update(body: Mapping[str, Any]) -> tuple[str | None, dict[str, str] | None]:
-    _only(body, ("title", "metadata"))
-    title = _title(body.get("title"))
+def parse_update(body: Mapping[str, Any]) -> UpdateRequest:
+    """What to change; a ``history_window`` of null removes the window, an absent one keeps it."""
+    _only(body, ("title", "metadata", "history_window"))
     metadata = body.get("metadata")
-    return title, None if metadata is None else parse_metadata(metadata, "metadata")
+    return UpdateRequest(
+        title=_title(body.get("title")),
+        metadata=None if metadata is None else parse_metadata(metadata, "metadata"),
+        history_window=_history_window(body["history_window"]) if "history_window" in body else UNCHANGED,
+    )
 
 
 def parse_fork(body: Mapping[str, Any]) -> tuple[str | None, str | None]:
@@ -261,12 +292,23 @@ def _expires_after(value: object) -> ExpiresAfter | None:
     return ExpiresAfter(anchor, _required_int(value["seconds"], "expires_after.seconds", 1, MAX_EXPIRY_SECONDS))
 
 
+def _history_window(value: object) -> HistoryWindow | None:
+    if value is None:
+        return None
+    param = "history_window"
+    if not isinstance(value, dict) or set(value) - {"max_messages", "max_tokens"}:
+        raise ClientError(400, '\'history_window\' must be {"max_messages": n, "max_tokens": n}.', param=param)
+    max_messages = _optional_int(value.get("max_messages"), f"{param}.max_messages", 0, MAX_COUNT)
+    max_tokens = _optional_int(value.get("max_tokens"), f"{param}.max_tokens", 0, MAX_COUNT)
+    return max_messages or 0, max_tokens or 0  # an omitted limit is no limit
+
+
 def _rate_limits(value: object) -> int | None:
     if value is None:
         return None
     if not isinstance(value, dict) or set(value) - {"max_requests_per_1_minute"}:
         raise ClientError(400, "'rate_limits' must be {\"max_requests_per_1_minute\": n}.", param="rate_limits")
-    return _optional_int(value.get("max_requests_per_1_minute"), "rate_limits.max_requests_per_1_minute", 1, None)
+    return _optional_int(value.get("max_requests_per_1_minute"), "rate_limits.max_requests_per_1_minute", 1, MAX_COUNT)
 
 
 def _client_secret_seconds(body: Mapping[str, Any]) -> int | None:

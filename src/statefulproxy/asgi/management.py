@@ -2,10 +2,13 @@
 
 A session of another credential is a 404 exactly like one that does not exist. A request
 authenticated by a session's client secret (a ``Grant``) may read that one session only.
+Served for a namespace (a path prefix such as ``/document/d1``), it sees that namespace's
+sessions only: any other session is a 404 too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
@@ -54,9 +57,19 @@ class ManagementAPI:
         self.upstream_api_key = upstream_api_key
         self.openapi = openapi_document(prefix)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send, rest: str, grant: Grant | None = None) -> None:
+    async def __call__(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        rest: str,
+        grant: Grant | None = None,
+        *,
+        namespace: str | None = None,
+    ) -> None:
+        """Answer one request; with ``namespace``, as the API served under that prefix."""
         try:
-            status, body = await self._handle(scope, receive, rest, grant)
+            status, body = await self._handle(scope, receive, rest, grant, namespace)
         except ClientError as error:
             await send_error(send, error)
             return
@@ -66,7 +79,9 @@ class ManagementAPI:
             return
         await send_object(send, status, body)
 
-    async def _handle(self, scope: Scope, receive: Receive, rest: str, grant: Grant | None) -> tuple[int, Any]:
+    async def _handle(
+        self, scope: Scope, receive: Receive, rest: str, grant: Grant | None, namespace: str | None
+    ) -> tuple[int, Any]:
         method: str = scope["method"]
         if rest == OPENAPI_PATH_SUFFIX:  # public, client secrets included
             if method != "GET":
@@ -77,9 +92,9 @@ class ManagementAPI:
                 raise _forbidden()
             owner = await self.owner_for(scope)
             if method == "POST":
-                return await self._create(owner, await _read_body(receive))
+                return await self._create(owner, await _read_body(receive), namespace)
             if method == "GET":
-                return await self._list(owner, scope["query_string"])
+                return await self._list(owner, scope["query_string"], namespace)
             raise _not_allowed(method, scope, "collection")
         match = _SESSION_ROUTE.fullmatch(rest)
         if match is None:
@@ -94,39 +109,59 @@ class ManagementAPI:
             owner = grant.owner
         else:
             owner = await self.owner_for(scope)
-        return await self._session_call(owner, session_id, action, method, scope, receive)
+        return await self._session_call(owner, session_id, action, method, scope, receive, namespace)
 
     async def _session_call(
-        self, owner: str, session_id: str, action: str | None, method: str, scope: Scope, receive: Receive
+        self,
+        owner: str,
+        session_id: str,
+        action: str | None,
+        method: str,
+        scope: Scope,
+        receive: Receive,
+        namespace: str | None,
     ) -> tuple[int, Any]:
+        if method not in _ALLOWED[action].split(", "):
+            raise _not_allowed(method, scope, action)
         store = self.store
+        # Under a namespace every call first finds the session in it. Its namespace never changes,
+        # so the call that follows acts on a session of this namespace (or on none: a 404).
+        known = None if namespace is None else await self._get_in(namespace, owner, session_id)
         if action is None:
             if method == "GET":
-                return 200, session_object(_found(await store.get(owner, session_id), session_id))
+                return 200, session_object(known or _found(await store.get(owner, session_id), session_id))
             if method == "POST":
-                title, metadata = parse_update(parse_body(await _read_body(receive)))
-                record = await store.update(owner, session_id, title=title, metadata=metadata)
+                update = parse_update(parse_body(await _read_body(receive)))
+                record = await store.update(
+                    owner,
+                    session_id,
+                    title=update.title,
+                    metadata=update.metadata,
+                    history_window=update.history_window,
+                )
                 return 200, session_object(_found(record, session_id))
-            if method == "DELETE":
-                if not await store.delete(owner, session_id):
-                    raise _not_found(session_id)
-                return 200, {"id": session_id, "object": "session.deleted", "deleted": True}
-        elif action == "/messages":
+            if not await store.delete(owner, session_id):
+                raise _not_found(session_id)
+            return 200, {"id": session_id, "object": "session.deleted", "deleted": True}
+        if action == "/messages":
             if method == "GET":
                 messages = _found(await store.messages(owner, session_id), session_id)
                 query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
                 return 200, paginate([message_object(m) for m in messages], query)
-            if method == "DELETE":
-                record = _found(await store.get(owner, session_id), session_id)
-                _writable(record)
-                return 200, session_object(_found(await store.clear(owner, session_id), session_id))
-        elif action in ("/end", "/cancel") and method == "POST":
-            return 200, session_object(_found(await store.end(owner, session_id), session_id))
-        elif action == "/fork" and method == "POST":
-            return 201, await self._fork(owner, session_id, await _read_body(receive))
-        raise _not_allowed(method, scope, action)
+            _writable(known or _found(await store.get(owner, session_id), session_id))
+            return 200, session_object(_found(await store.clear(owner, session_id), session_id))
+        if action == "/fork":
+            return 201, await self._fork(owner, session_id, await _read_body(receive), known)
+        return 200, session_object(_found(await store.end(owner, session_id), session_id))  # /end, /cancel
 
-    async def _create(self, owner: str, raw: bytes) -> tuple[int, Any]:
+    async def _get_in(self, namespace: str, owner: str, session_id: str) -> SessionRecord:
+        """The session if it is in ``namespace`` ("": in none); else a 404, as for a missing one."""
+        record = await self.store.get(owner, session_id)
+        if record is None or (record.namespace or "") != namespace:
+            raise _not_found(session_id)
+        return record
+
+    async def _create(self, owner: str, raw: bytes, namespace: str | None) -> tuple[int, Any]:
         request = parse_create(parse_body(raw))
         if request.client_secret_seconds is not None and self.upstream_api_key is None:
             raise ClientError(
@@ -136,7 +171,8 @@ class ManagementAPI:
                 param="client_secret",
                 code="upstream_api_key_not_configured",
             )
-        record = await self._create_unique(owner, request.new)
+        new = request.new if namespace is None else dataclasses.replace(request.new, namespace=namespace or None)
+        record = await self._create_unique(owner, new)
         body = session_object(record)
         if request.client_secret_seconds is not None:
             token = mint_client_secret()
@@ -145,7 +181,7 @@ class ManagementAPI:
             body["client_secret"] = {"value": token, "expires_at": int(time.time()) + seconds}
         return 201, body
 
-    async def _list(self, owner: str, query_string: bytes) -> tuple[int, Any]:
+    async def _list(self, owner: str, query_string: bytes, namespace: str | None) -> tuple[int, Any]:
         query = parse_list_query(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
         page = await self.store.list_sessions(
             owner,
@@ -155,6 +191,7 @@ class ManagementAPI:
             before=query.before,
             status=query.status,
             metadata=query.metadata,
+            namespace=namespace,
         )
         if page is None:
             cursor = query.after if query.after is not None else query.before
@@ -162,9 +199,9 @@ class ManagementAPI:
         records, has_more = page
         return 200, list_envelope([session_object(record) for record in records], has_more)
 
-    async def _fork(self, owner: str, session_id: str, raw: bytes) -> dict[str, Any]:
+    async def _fork(self, owner: str, session_id: str, raw: bytes, source: SessionRecord | None) -> dict[str, Any]:
         up_to, title = parse_fork(parse_body(raw))
-        source = _found(await self.store.get(owner, session_id), session_id)
+        source = source or _found(await self.store.get(owner, session_id), session_id)
         messages = _found(await self.store.messages(owner, session_id), session_id)
         if up_to is not None:
             ids = [message_id(message) for message in messages]
@@ -176,7 +213,12 @@ class ManagementAPI:
             if message_object(message)["role"] not in SYSTEM_ROLES:
                 break
             leading += 1
-        new = NewSession(title=title if title is not None else source.title, metadata=dict(source.metadata))
+        new = NewSession(
+            title=title if title is not None else source.title,
+            metadata=dict(source.metadata),
+            history_window=source.history_window,
+            namespace=source.namespace,  # a fork stays where its source is
+        )
         return session_object(await self._create_unique(owner, new, messages, leading))
 
     async def _create_unique(self, owner: str, new: NewSession, *args: Any) -> SessionRecord:

@@ -1,7 +1,6 @@
 """The OpenAPI 3.1 document of the management API (CONTRACT.md section 5), as plain data.
 
-Built fresh on each call (no shared mutable state) for the prefix the API is mounted at;
-the paths are absolute, so the document needs no ``servers`` entry.
+Built fresh on each call (no shared mutable state) for the prefix the API is mounted at; paths are absolute.
 """
 
 from __future__ import annotations
@@ -18,6 +17,8 @@ DEFAULT_LIMIT = 20
 MAX_TITLE_LENGTH = 256
 MAX_EXPIRY_SECONDS = 365 * 24 * 3600
 MAX_CLIENT_SECRET_SECONDS = 7 * 24 * 3600
+MAX_COUNT = 2**31 - 1
+_COUNT = {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_COUNT}
 
 Schema = dict[str, Any]
 
@@ -89,7 +90,7 @@ def openapi_document(prefix: str = "/v1/sessions") -> dict[str, Any]:
                 "get": _operation("getSession", "Get a session", 200, "Session", errors=(401, 403, 404, 503)),
                 "post": _operation(
                     "updateSession",
-                    "Update a session's title and/or metadata",
+                    "Update a session's title, metadata and/or history window",
                     200,
                     "Session",
                     body=("UpdateSessionRequest", False),
@@ -278,8 +279,10 @@ def _session_properties() -> dict[str, Schema]:
         "expires_at": {"type": ["integer", "null"], "description": "When it expires or expired; null when never."},
         "expires_after": _nullable(_ref("ExpiresAfter")),
         "rate_limits": _ref("RateLimits"),
-        "max_requests": {"type": ["integer", "null"], "minimum": 1},
+        "max_requests": _COUNT,
         "request_count": {"type": "integer", "minimum": 0},
+        "history_window": _nullable(_ref("HistoryWindow")),
+        "namespace": {"type": ["string", "null"], "description": "The path prefix it was created under, if any."},
         "metadata": _ref("Metadata"),
         "usage": _ref("Usage"),
     }
@@ -290,6 +293,10 @@ def _schemas() -> dict[str, Schema]:
     title = {"type": ["string", "null"], "maxLength": MAX_TITLE_LENGTH}
     secret_seconds = {"type": "integer", "minimum": 1, "maximum": MAX_CLIENT_SECRET_SECONDS}
     function = _strict(["name", "arguments"], name={"type": "string"}, arguments={"type": "string"})
+    limit = {"type": "integer", "minimum": 0, "maximum": MAX_COUNT}
+    # null or an omitted limit is 0, no limit; null as the whole window: none (update: remove it)
+    limit_or_null = {**limit, "type": ["integer", "null"]}
+    window_request = _nullable(_strict([], max_messages=limit_or_null, max_tokens=limit_or_null))
     tool_call = _strict(["id", "type", "function"], id={"type": "string"}, type={"type": "string"}, function=function)
     return {
         "Session": _strict(list(session), **session),
@@ -340,8 +347,13 @@ def _schemas() -> dict[str, Schema]:
             anchor={"type": "string", "enum": ["created_at", "last_active_at"]},
             seconds={"type": "integer", "minimum": 1, "maximum": MAX_EXPIRY_SECONDS},
         ),
+        "HistoryWindow": {
+            **_strict(["max_messages", "max_tokens"], max_messages=limit, max_tokens=limit),
+            "description": "What is spliced upstream (never what is stored), 0 no limit; null: the settings' window.",
+        },
         "RateLimits": _strict(
-            ["max_requests_per_1_minute"], max_requests_per_1_minute={"type": ["integer", "null"], "minimum": 1}
+            ["max_requests_per_1_minute"],
+            max_requests_per_1_minute={"type": ["integer", "null"], "minimum": 1, "maximum": MAX_COUNT},
         ),
         "ClientSecret": _strict(
             ["value", "expires_at"], value={"type": "string", "pattern": "^spcs_"}, expires_at={"type": "integer"}
@@ -353,8 +365,11 @@ def _schemas() -> dict[str, Schema]:
             title=title,
             metadata=_nullable(_ref("Metadata")),
             expires_after=_nullable(_ref("ExpiresAfter")),
-            rate_limits=_nullable(_strict([], max_requests_per_1_minute={"type": ["integer", "null"], "minimum": 1})),
-            max_requests={"type": ["integer", "null"], "minimum": 1},
+            rate_limits=_nullable(
+                _strict([], max_requests_per_1_minute={"type": ["integer", "null"], "minimum": 1, "maximum": MAX_COUNT})
+            ),
+            max_requests=_COUNT,
+            history_window=window_request,
             client_secret=_nullable(
                 _strict(
                     [],
@@ -367,7 +382,10 @@ def _schemas() -> dict[str, Schema]:
                 )
             ),
         ),
-        "UpdateSessionRequest": _strict([], title=title, metadata=_nullable(_ref("Metadata"))),
+        "UpdateSessionRequest": {
+            **_strict([], title=title, metadata=_nullable(_ref("Metadata")), history_window=window_request),
+            "description": "Only the fields present change; a `history_window` of null removes the window.",
+        },
         "ForkSessionRequest": _strict([], up_to_message_id={"type": ["string", "null"]}, title=title),
         "Error": _strict(
             ["error"],

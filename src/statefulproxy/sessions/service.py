@@ -107,6 +107,7 @@ class Turn:
                 reasoning_field=request.reasoning_field,
                 natives=[item.native for item in request.sent],
                 turn_metadata=request.turn_metadata,
+                namespace=request.namespace,
             )
         except orjson.JSONEncodeError as exc:
             if not _too_deep(exc):

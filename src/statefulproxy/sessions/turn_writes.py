@@ -25,6 +25,7 @@ def turn_write(
     reasoning_field: ReasoningField,
     natives: Sequence[dict[str, Any] | None] = (),
     turn_metadata: dict[str, Any] | None = None,
+    namespace: str | None = None,
 ) -> TurnWrite:
     """The write of a turn: ``plan``'s messages, then ``reply``'s, whose stored message is last.
 
@@ -76,7 +77,7 @@ def turn_write(
         usage=reply.usage or {},
         # a session with history has its title: only a new or empty one needs the hint
         title_hint=title_from(sent) if create or plan.mode == "new" else None,
-        create=NewSession(metadata=session_metadata(parsed_metadata)) if create else None,
+        create=NewSession(metadata=session_metadata(parsed_metadata), namespace=namespace) if create else None,
     )
 
 

@@ -9,9 +9,11 @@ from urllib.parse import urlsplit
 from ..errors import ConfigError
 from .base import (
     DROP_ALL,
+    UNCHANGED,
     CommitResult,
     ExpiresAfter,
     ExpiryAnchor,
+    HistoryWindow,
     IdempotentReply,
     Lease,
     NewSession,
@@ -22,14 +24,17 @@ from .base import (
     Store,
     StoredMessage,
     TurnWrite,
+    Unchanged,
 )
 from .memory import MemoryStore
 
 __all__ = [
     "DROP_ALL",
+    "UNCHANGED",
     "CommitResult",
     "ExpiresAfter",
     "ExpiryAnchor",
+    "HistoryWindow",
     "IdempotentReply",
     "Lease",
     "MemoryStore",
@@ -41,6 +46,7 @@ __all__ = [
     "Store",
     "StoredMessage",
     "TurnWrite",
+    "Unchanged",
     "store_from_url",
 ]
 

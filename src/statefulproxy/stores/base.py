@@ -14,12 +14,32 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from enum import Enum
+from typing import Final, Literal, Protocol
 
 SessionStatus = Literal["active", "ended", "expired"]
 
 # drop_leading value meaning "drop the whole stored history"
 DROP_ALL = -1
+
+# A session's own history window: (max_messages, max_tokens), each >= 0, 0 meaning no limit.
+HistoryWindow = tuple[int, int]
+
+
+class Unchanged(Enum):
+    """The type of ``UNCHANGED``: an ``update`` argument that leaves a field as it is."""
+
+    UNCHANGED = "unchanged"
+
+
+# ``update(history_window=UNCHANGED)`` keeps the window, ``history_window=None`` removes it
+UNCHANGED: Final = Unchanged.UNCHANGED
+
+
+def check_window(window: HistoryWindow | None) -> None:
+    """Raise ValueError unless ``window`` is None or two ints >= 0."""
+    if window is not None and not (len(window) == 2 and all(type(n) is int and n >= 0 for n in window)):
+        raise ValueError(f"a history window is (max_messages, max_tokens), ints >= 0, not {window!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +82,7 @@ class SessionSnapshot:
     # was done (no history, nothing counted, no lease taken)
     idempotent: bytes | None = None
     # the session's own history window (max_messages, max_tokens), if it has one
-    window: tuple[int, int] | None = None
+    window: HistoryWindow | None = None
     # the info documents of the same messages, read only when asked for (most turns never do)
     info: Callable[[], list[bytes]] = field(default=list, compare=False)
 
@@ -83,6 +103,8 @@ class SessionRecord:
     expires_after: ExpiresAfter | None = None
     limits: SessionLimits = field(default_factory=SessionLimits)
     request_count: int = 0  # chat requests counted against max_requests
+    history_window: HistoryWindow | None = None
+    namespace: str | None = None  # the path prefix it was created under, e.g. "/document/d1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +115,11 @@ class NewSession:
     metadata: dict[str, str] = field(default_factory=dict)
     expires_after: ExpiresAfter | None = None  # expires_at = anchor time + seconds
     limits: SessionLimits = field(default_factory=SessionLimits)
+    history_window: HistoryWindow | None = None
+    namespace: str | None = None  # None or "": none
+
+    def __post_init__(self) -> None:
+        check_window(self.history_window)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +184,7 @@ class Store(Protocol):
     async def load(
         self, owner: str, session_id: str, lease: Lease | None = None, idempotency_key: str | None = None
     ) -> SessionSnapshot | None:
-        """The session's status and replay history; None if it does not exist.
+        """The session's status, replay history and history window; None if it does not exist.
 
         With ``idempotency_key``, a live reply a committed turn kept under that key (see
         ``TurnWrite.idempotent``) is returned in ``idempotent`` first, lease or not, and
@@ -211,19 +238,29 @@ class Store(Protocol):
         before: str | None = None,
         status: SessionStatus | None = None,
         metadata: dict[str, str] | None = None,
+        namespace: str | None = None,
     ) -> tuple[list[SessionRecord], bool] | None:
         """One page of the owner's sessions in creation order, and whether more follow.
 
         Reads the owner's index (never a key scan); index entries whose session is gone
         are dropped from it on the way. ``after``/``before`` are session ids (exclusive
-        cursors, in the listing's order); filters apply before ``limit``. None when a
-        cursor names no session of the index.
+        cursors, in the listing's order); filters apply before ``limit``. ``namespace``
+        keeps only the sessions created in it ("": those created in none; None: all). None
+        when a cursor names no session of the index, or, with ``namespace``, a session of
+        another namespace.
         """
 
     async def update(
-        self, owner: str, session_id: str, *, title: str | None = None, metadata: dict[str, str] | None = None
+        self,
+        owner: str,
+        session_id: str,
+        *,
+        title: str | None = None,
+        metadata: dict[str, str] | None = None,
+        history_window: HistoryWindow | Unchanged | None = UNCHANGED,
     ) -> SessionRecord | None:
-        """Set the title and/or replace the metadata (None: leave as is); None if it does not exist."""
+        """Set the title and/or replace the metadata (None: leave as is), and set the history
+        window (None: remove it; UNCHANGED: leave it); None if the session does not exist."""
 
     async def messages(self, owner: str, session_id: str) -> list[StoredMessage] | None:
         """The whole history, oldest first; None if the session does not exist."""

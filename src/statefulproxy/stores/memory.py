@@ -15,7 +15,9 @@ from typing import Literal
 from ..errors import SessionBusy
 from .base import (
     DROP_ALL,
+    UNCHANGED,
     CommitResult,
+    HistoryWindow,
     Lease,
     NewSession,
     SessionRecord,
@@ -23,6 +25,8 @@ from .base import (
     SessionStatus,
     StoredMessage,
     TurnWrite,
+    Unchanged,
+    check_window,
 )
 from .memory_session import MemorySession
 
@@ -104,6 +108,7 @@ class MemoryStore:
             status=status,
             replay=[message.replay for message in messages],
             leading_system=session.leading_system,
+            window=session.history_window,
             info=lambda: [message.info for message in messages[:count]],
         )
 
@@ -173,6 +178,7 @@ class MemoryStore:
         before: str | None = None,
         status: SessionStatus | None = None,
         metadata: dict[str, str] | None = None,
+        namespace: str | None = None,
     ) -> tuple[list[SessionRecord], bool] | None:
         if limit < 1:
             raise ValueError("limit must be at least 1")
@@ -181,8 +187,9 @@ class MemoryStore:
         ids = list(self._index.get(owner, ()))
         if order == "desc":
             ids.reverse()
-        if (after is not None and after not in ids) or (before is not None and before not in ids):
-            return None
+        for cursor in (after, before):
+            if cursor is not None and (cursor not in ids or not self._in(namespace, owner, cursor, now)):
+                return None
         start = 0 if after is None else ids.index(after) + 1
         candidates = ids[start : len(ids) if before is None else ids.index(before)]
         backwards = before is not None and after is None  # walk from `before` towards the start
@@ -198,6 +205,8 @@ class MemoryStore:
                 continue
             if metadata and any(record.metadata.get(key) != value for key, value in metadata.items()):
                 continue
+            if namespace is not None and (record.namespace or "") != namespace:
+                continue
             found.append(record)
             if len(found) > limit:
                 break
@@ -207,8 +216,16 @@ class MemoryStore:
         return page, len(found) > limit
 
     async def update(
-        self, owner: str, session_id: str, *, title: str | None = None, metadata: dict[str, str] | None = None
+        self,
+        owner: str,
+        session_id: str,
+        *,
+        title: str | None = None,
+        metadata: dict[str, str] | None = None,
+        history_window: HistoryWindow | Unchanged | None = UNCHANGED,
     ) -> SessionRecord | None:
+        if not isinstance(history_window, Unchanged):
+            check_window(history_window)
         now = self._clock()
         session = self._lookup(owner, session_id, now)
         if session is None:
@@ -217,6 +234,8 @@ class MemoryStore:
             session.title = title
         if metadata is not None:
             session.metadata = dict(metadata)
+        if not isinstance(history_window, Unchanged):
+            session.history_window = history_window
         return session.record(session_id, now)
 
     async def messages(self, owner: str, session_id: str) -> list[StoredMessage] | None:
@@ -294,10 +313,20 @@ class MemoryStore:
             deadline=self._deadline(now),
             expires_after=new.expires_after,
             limits=new.limits,
+            history_window=new.history_window,
+            namespace=new.namespace or None,
         )
         self._sessions[owner, session_id] = session
         self._index.setdefault(owner, {})[session_id] = None
         return session
+
+    def _in(self, namespace: str | None, owner: str, session_id: str, now: float) -> bool:
+        """Whether the session is in ``namespace`` (None: any); one that is gone is in none."""
+        if namespace is None:
+            return True
+        session = self._sessions.get((owner, session_id))
+        found = session.namespace if session is not None and now <= session.deadline else None
+        return (found or "") == namespace
 
     def _forget(self, owner: str, session_id: str) -> None:
         del self._sessions[owner, session_id]

@@ -7,7 +7,15 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .base import ExpiresAfter, IdempotentReply, SessionLimits, SessionRecord, SessionStatus, StoredMessage
+from .base import (
+    ExpiresAfter,
+    HistoryWindow,
+    IdempotentReply,
+    SessionLimits,
+    SessionRecord,
+    SessionStatus,
+    StoredMessage,
+)
 
 _WINDOW_MS = 60_000  # the sliding window of max_requests_per_1_minute
 _NO_DEADLINE_RETRY = 86400  # retry_after of a capped session that never goes away
@@ -24,6 +32,8 @@ class MemorySession:
     deadline: float  # clock() value after which the idle session is gone (inf: never)
     expires_after: ExpiresAfter | None = None
     limits: SessionLimits = field(default_factory=SessionLimits)
+    history_window: HistoryWindow | None = None
+    namespace: str | None = None  # never "": None stands for none
     ended: bool = False
     leading_system: int = 0
     request_count: int = 0
@@ -62,6 +72,8 @@ class MemorySession:
             expires_after=self.expires_after,
             limits=self.limits,
             request_count=self.request_count,
+            history_window=self.history_window,
+            namespace=self.namespace,
         )
 
     def admit(self, now: float) -> tuple[int, LimitedBy] | None:

@@ -31,7 +31,9 @@ from redis.asyncio.connection import SSLConnection, parse_url
 from ..errors import ConfigError, SessionBusy
 from . import redis_scripts as lua
 from .base import (
+    UNCHANGED,
     CommitResult,
+    HistoryWindow,
     Lease,
     NewSession,
     SessionRecord,
@@ -39,8 +41,20 @@ from .base import (
     SessionStatus,
     StoredMessage,
     TurnWrite,
+    Unchanged,
 )
-from .redis_codec import USAGE, encode, lease_args, new_fields, optional, session_record, translate_errors
+from .redis_codec import (
+    NO_NEW_FIELDS,
+    USAGE,
+    decode_window,
+    encode,
+    encode_window,
+    lease_args,
+    new_fields,
+    optional,
+    session_record,
+    translate_errors,
+)
 from .resp import RespAddress, RespClient, RespError, Script
 
 _BATCH = 100  # index entries read per listing round trip, once the first batch is not enough
@@ -120,16 +134,19 @@ class RedisStore:
             raise SessionBusy(f"session {session_id!r} is busy: another turn holds its lease")
         if found[0] == b"kept":
             return SessionSnapshot(session_id, cast(SessionStatus, found[1].decode()), [], 0, idempotent=found[2])
-        status, leading_system, elements, *refused = found
-        if refused:  # over a limit: the history is not needed
-            limited_by = cast(Literal["max_requests_per_1_minute", "max_requests"], refused[1].decode())
-            return SessionSnapshot(session_id, cast(SessionStatus, status.decode()), [], 0, int(refused[0]), limited_by)
+        status = cast(SessionStatus, found[0].decode())
+        if len(found) == 5:  # over a limit: the history is not needed
+            retry_after, refused_by = found[3:]
+            limited_by = cast(Literal["max_requests_per_1_minute", "max_requests"], refused_by.decode())
+            return SessionSnapshot(session_id, status, [], 0, int(retry_after), limited_by)
+        _, leading_system, elements, window = found
         replay = [element.partition(b"\n")[0] for element in elements]
         return SessionSnapshot(
             session_id,
-            cast(SessionStatus, status.decode()),
+            status,
             replay,
             int(leading_system),
+            window=decode_window(window),
             info=lambda: [element.partition(b"\n")[2] for element in elements],
         )
 
@@ -137,7 +154,7 @@ class RedisStore:
         new, now = write.create, self._clock()
         args: list[Any] = [int(now), self._ttl_ms, write.drop_leading, write.tail_leading_system]
         args.append(optional(write.title_hint))
-        args += ["0", "-", "", "", "", "", "", ""] if new is None else ["1", *new_fields(new, args[0])]
+        args += ["0", *NO_NEW_FIELDS] if new is None else ["1", *new_fields(new, args[0])]
         kept = write.idempotent
         args.append(optional(write.lease_token))
         args += ["-", "", "", ""] if kept is None else [kept.key, kept.value, round(now * 1000), kept.ttl_ms]
@@ -189,6 +206,7 @@ class RedisStore:
         before: str | None = None,
         status: SessionStatus | None = None,
         metadata: dict[str, str] | None = None,
+        namespace: str | None = None,
     ) -> tuple[list[SessionRecord], bool] | None:
         if limit < 1:
             raise ValueError("limit must be at least 1")
@@ -197,9 +215,13 @@ class RedisStore:
         backwards = before is not None and after is None
         first, last = (before, None) if backwards else (after, before)
         cursors = [cursor for cursor in (first, last) if cursor is not None]
+        lookups = [self._client.execute(b"ZSCORE", index, cursor) for cursor in cursors]
+        if namespace is not None:  # a cursor of another namespace is no cursor here
+            lookups += [self._client.execute(b"HGET", self._keys(owner, cursor)[0], b"namespace") for cursor in cursors]
         with translate_errors("list_sessions"):
-            scores = await asyncio.gather(*(self._client.execute(b"ZSCORE", index, cursor) for cursor in cursors))
-        if None in scores:
+            looked_up = await asyncio.gather(*lookups)
+        scores, namespaces = looked_up[: len(cursors)], looked_up[len(cursors) :]
+        if None in scores or any((value or b"").decode() != namespace for value in namespaces):
             return None
         descending = (order == "desc") != backwards  # the walk's direction in index scores
         start_bound = (b"+inf" if descending else b"-inf") if first is None else b"(" + scores[0]
@@ -207,7 +229,8 @@ class RedisStore:
 
         found: list[SessionRecord] = []
         dead: list[bytes] = []
-        batch = limit + 1 if status is None and not metadata else max(limit + 1, _BATCH)
+        filtered = status is not None or metadata or namespace is not None
+        batch = max(limit + 1, _BATCH) if filtered else limit + 1
         command = b"ZREVRANGEBYSCORE" if descending else b"ZRANGEBYSCORE"
         with translate_errors("list_sessions"):
             while len(found) <= limit:
@@ -223,7 +246,11 @@ class RedisStore:
                         dead += [sid, score]
                         continue
                     record = self._record(sid.decode(), fields)
-                    if (status is None or record.status == status) and _has(record.metadata, metadata):
+                    if (
+                        (status is None or record.status == status)
+                        and _has(record.metadata, metadata)
+                        and (namespace is None or (record.namespace or "") == namespace)
+                    ):
                         found.append(record)
                         if len(found) > limit:
                             break
@@ -239,10 +266,17 @@ class RedisStore:
         return page, len(found) > limit
 
     async def update(
-        self, owner: str, session_id: str, *, title: str | None = None, metadata: dict[str, str] | None = None
+        self,
+        owner: str,
+        session_id: str,
+        *,
+        title: str | None = None,
+        metadata: dict[str, str] | None = None,
+        history_window: HistoryWindow | Unchanged | None = UNCHANGED,
     ) -> SessionRecord | None:
         encoded = "-" if metadata is None else b"+" + orjson.dumps(metadata)
-        flat = await self._run("update", self._update, owner, session_id, optional(title), encoded)
+        window = "-" if isinstance(history_window, Unchanged) else encode_window(history_window)
+        flat = await self._run("update", self._update, owner, session_id, optional(title), encoded, window)
         return None if flat is None else self._record(session_id, flat)
 
     async def messages(self, owner: str, session_id: str) -> list[StoredMessage] | None:

@@ -12,12 +12,14 @@ from ..errors import StoreError
 from .base import (
     ExpiresAfter,
     ExpiryAnchor,
+    HistoryWindow,
     Lease,
     NewSession,
     SessionLimits,
     SessionRecord,
     SessionStatus,
     StoredMessage,
+    check_window,
 )
 from .resp import RespError
 
@@ -48,6 +50,8 @@ def session_record(session_id: str, flat: list[bytes], now: float) -> SessionRec
         expires_after=after,
         limits=SessionLimits(_int(fields.get(b"rpm")), _int(fields.get(b"max_requests"))),
         request_count=int(fields.get(b"request_count") or 0),
+        history_window=decode_window(fields.get(b"history_window")),
+        namespace=(fields.get(b"namespace") or b"").decode() or None,
     )
 
 
@@ -62,7 +66,27 @@ def new_fields(new: NewSession, now: int) -> list[Any]:
         "" if after is None else after.seconds,
         "" if limits.max_requests_per_1_minute is None else limits.max_requests_per_1_minute,
         "" if limits.max_requests is None else limits.max_requests,
+        new.namespace or "",
+        encode_window(new.history_window),
     ]
+
+
+# The create fields of a commit that creates nothing: as many as new_fields() returns.
+NO_NEW_FIELDS = ("-", "", "", "", "", "", "", "", "")
+
+
+def encode_window(window: HistoryWindow | None) -> str:
+    """A history window as the meta field holds it: "<max_messages>,<max_tokens>", or "" for none."""
+    check_window(window)
+    return "" if window is None else f"{window[0]},{window[1]}"
+
+
+def decode_window(value: bytes | None) -> HistoryWindow | None:
+    """The window of a meta field; None for none ("", or a session written before windows existed)."""
+    if not value:
+        return None
+    max_messages, _, max_tokens = value.partition(b",")
+    return int(max_messages), int(max_tokens)
 
 
 def lease_args(lease: Lease | None) -> tuple[str, int] | tuple[()]:

@@ -7,7 +7,8 @@ key scored by the unix ms it expires at), all under one ``{h}`` hash tag. ``now`
 from the proxy's clock, ``now_ms`` the same instant in milliseconds. Meta fields:
 status, title, created_at, last_active_at, expires_at ("" none), anchor ("",
 "created_at", "last_active_at"), expires_after (seconds), rpm and max_requests ("" none),
-request_count, metadata (JSON), leading_system, message_count, and "u:<name>" usage.
+request_count, metadata (JSON), leading_system, message_count, namespace ("" none),
+history_window ("<max_messages>,<max_tokens>", "" none) and "u:<name>" usage.
 Sessions written before a field existed lack it: every read tolerates that.
 """
 
@@ -23,14 +24,16 @@ local function refresh(ttl_ms, limited)
 end
 """
 
-# ARGV[i..i+6]: title ("-" none, "+<title>"), metadata, expires_at, anchor, expires_after,
-# rpm, max_requests. Leftover list and window keys of a dead session are stale: drop them.
+# ARGV[i..i+8]: title ("-" none, "+<title>"), metadata, expires_at, anchor, expires_after,
+# rpm, max_requests, namespace, history_window. Leftover list and window keys of a dead
+# session are stale: drop them.
 _CREATE_META = """
 local function create_meta(now, i)
   redis.call('DEL', KEYS[2], KEYS[3], KEYS[5], KEYS[6])
   redis.call('HSET', KEYS[1], 'status', 'active', 'created_at', now, 'last_active_at', now,
     'metadata', ARGV[i + 1], 'expires_at', ARGV[i + 2], 'anchor', ARGV[i + 3], 'expires_after', ARGV[i + 4],
-    'rpm', ARGV[i + 5], 'max_requests', ARGV[i + 6], 'request_count', 0, 'leading_system', 0, 'message_count', 0)
+    'rpm', ARGV[i + 5], 'max_requests', ARGV[i + 6], 'request_count', 0, 'leading_system', 0, 'message_count', 0,
+    'namespace', ARGV[i + 7], 'history_window', ARGV[i + 8])
   if ARGV[i] ~= '-' then redis.call('HSET', KEYS[1], 'title', string.sub(ARGV[i], 2)) end
 end
 """
@@ -47,14 +50,16 @@ end
 """
 
 # ARGV: now, now_ms, ttl_ms, kept key ("" none)[, lease token, lease ttl_ms]. -> false |
-# {status, leading_system, messages} | refused: {status, 0, {}, retry_after, limited_by} |
+# {status, leading_system, messages, history_window ("" none)} |
+# refused: {status, 0, {}, retry_after, limited_by} |
 # {'kept', status, value} (nothing else done) | 'busy' (another token holds the lease: nothing
 # done). A session without limits skips all limit work. The lease is taken for an absent
 # session (its first turn) and for an admitted active one, never otherwise.
 LOAD = (
     _REFRESH
     + """
-local m = redis.call('HMGET', KEYS[1], 'status', 'expires_at', 'leading_system', 'rpm', 'max_requests')
+local m = redis.call('HMGET', KEYS[1], 'status', 'expires_at', 'leading_system', 'rpm', 'max_requests',
+  'history_window')
 local now, expires_at = tonumber(ARGV[1]), tonumber(m[2])
 if m[1] == 'active' and expires_at and now >= expires_at then m[1] = 'expired' end
 if m[1] and ARGV[4] ~= '' then
@@ -77,7 +82,7 @@ if not m[1] then
   take_lease()
   return false
 end
-if m[1] ~= 'active' then return {m[1], m[3], redis.call('LRANGE', KEYS[2], 0, -1)} end
+if m[1] ~= 'active' then return {m[1], m[3], redis.call('LRANGE', KEYS[2], 0, -1), m[6] or ''} end
 
 local rpm, max_requests = tonumber(m[4]), tonumber(m[5])
 if max_requests then
@@ -107,13 +112,13 @@ local count = redis.call('HINCRBY', KEYS[1], 'request_count', 1)
 if rpm then redis.call('ZADD', KEYS[3], ARGV[2], count) end
 refresh(ARGV[3], rpm)
 take_lease()
-return {m[1], m[3], redis.call('LRANGE', KEYS[2], 0, -1)}
+return {m[1], m[3], redis.call('LRANGE', KEYS[2], 0, -1), m[6] or ''}
 """
 )
 
 # ARGV: [1] now, [2] ttl_ms, [3] drop_leading, [4] tail_leading_system, [5] title_hint
-# ("-"/"+t"), [6] create "0"/"1", [7..13] create fields, [14] lease token ("-"/"+token"),
-# [15] kept key ("-" none), [16] kept value, [17] now_ms, [18] kept ttl_ms, [19] usage pair
+# ("-"/"+t"), [6] create "0"/"1", [7..15] create fields, [16] lease token ("-"/"+token"),
+# [17] kept key ("-" none), [18] kept value, [19] now_ms, [20] kept ttl_ms, [21] usage pair
 # count, usage name/value pairs, head count, head elements, tail elements.
 # -> ok | new | missing | ended | expired. Whatever the result, the lease is released if the
 # token still holds it; a turn that lost its lease is still written (it happened), but the
@@ -126,7 +131,7 @@ COMMIT = (
     + """
 local meta, msgs, now = KEYS[1], KEYS[2], ARGV[1]
 local function done(result)
-  if ARGV[14] ~= '-' and redis.call('GET', KEYS[4]) == string.sub(ARGV[14], 2) then redis.call('DEL', KEYS[4]) end
+  if ARGV[16] ~= '-' and redis.call('GET', KEYS[4]) == string.sub(ARGV[16], 2) then redis.call('DEL', KEYS[4]) end
   return result
 end
 local m = redis.call('HMGET', meta, 'status', 'expires_at', 'anchor', 'expires_after', 'rpm')
@@ -145,8 +150,8 @@ end
 
 -- Usage first: a script that fails midway keeps what it wrote, so do the one write that
 -- can fail (HINCRBY overflow) before touching the history.
-local i = 20 + 2 * tonumber(ARGV[19])
-for j = 20, i - 1, 2 do redis.call('HINCRBY', meta, ARGV[j], ARGV[j + 1]) end
+local i = 22 + 2 * tonumber(ARGV[21])
+for j = 22, i - 1, 2 do redis.call('HINCRBY', meta, ARGV[j], ARGV[j + 1]) end
 
 local len = redis.call('LLEN', msgs)
 local drop = tonumber(ARGV[3])  -- negative: DROP_ALL
@@ -183,15 +188,15 @@ if ARGV[5] ~= '-' and redis.call('HEXISTS', meta, 'title') == 0 then
   redis.call('HSET', meta, 'title', string.sub(ARGV[5], 2))
 end
 refresh(ARGV[2], m[5] and m[5] ~= '')
-if ARGV[15] ~= '-' then
-  local now_ms, kept_ms = tonumber(ARGV[17]), tonumber(ARGV[18])
+if ARGV[17] ~= '-' then
+  local now_ms, kept_ms = tonumber(ARGV[19]), tonumber(ARGV[20])
   local gone = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now_ms)
   if #gone > 0 then
     redis.call('HDEL', KEYS[5], unpack(gone))
     redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now_ms)
   end
-  redis.call('HSET', KEYS[5], ARGV[15], ARGV[16])
-  redis.call('ZADD', KEYS[6], now_ms + kept_ms, ARGV[15])
+  redis.call('HSET', KEYS[5], ARGV[17], ARGV[18])
+  redis.call('ZADD', KEYS[6], now_ms + kept_ms, ARGV[17])
   local ttl_ms = tonumber(ARGV[2])
   if ttl_ms > 0 and ttl_ms < kept_ms then kept_ms = ttl_ms end
   redis.call('PEXPIRE', KEYS[5], kept_ms)
@@ -202,7 +207,7 @@ return done('ok')
 """
 )
 
-# ARGV: [1] now, [2] ttl_ms, [3..9] create fields, [10] leading_system, messages.
+# ARGV: [1] now, [2] ttl_ms, [3..11] create fields, [12] leading_system, messages.
 # -> false (the id is taken) | HGETALL
 CREATE = (
     _REFRESH
@@ -211,18 +216,20 @@ CREATE = (
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 create_meta(ARGV[1], 3)
-append(11)
-redis.call('HSET', KEYS[1], 'leading_system', ARGV[10], 'message_count', #ARGV - 10)
+append(13)
+redis.call('HSET', KEYS[1], 'leading_system', ARGV[12], 'message_count', #ARGV - 12)
 refresh(ARGV[2], false)
 return redis.call('HGETALL', KEYS[1])
 """
 )
 
-# ARGV: title ("-" keep, "+<title>"), metadata ("-" keep, "+<json>"). -> false | HGETALL
+# ARGV: title ("-" keep, "+<title>"), metadata ("-" keep, "+<json>"), history_window ("-"
+# keep, else the field's new value, "" none). -> false | HGETALL
 UPDATE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 if ARGV[1] ~= '-' then redis.call('HSET', KEYS[1], 'title', string.sub(ARGV[1], 2)) end
 if ARGV[2] ~= '-' then redis.call('HSET', KEYS[1], 'metadata', string.sub(ARGV[2], 2)) end
+if ARGV[3] ~= '-' then redis.call('HSET', KEYS[1], 'history_window', ARGV[3]) end
 return redis.call('HGETALL', KEYS[1])
 """
 
