@@ -189,9 +189,10 @@ class ChatTurn:
         if not self.settings.forward_store or self.profile in STRICT_PROFILES:
             out = {key: value for key, value in parsed.items() if key != "store" and key not in _CONSUMED}
             metadata = parsed.get("metadata")
-            if "store" in parsed:
+            if "store" in parsed and self.dialect.name == "openai":
                 # OpenAI accepts `metadata` only beside `store: true` (notes/providers.md), and a
-                # chat turn that creates a session keeps it as the session's metadata
+                # chat turn that creates a session keeps it as the session's metadata; Anthropic's
+                # `metadata.user_id` is its own and goes on
                 out.pop("metadata", None)
             elif isinstance(metadata, dict) and "session_id" in metadata:
                 rest = {key: value for key, value in metadata.items() if key != "session_id"}
