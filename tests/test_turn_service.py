@@ -6,10 +6,12 @@ import asyncio
 
 import pytest
 
+from statefulproxy.errors import ClientError
+from statefulproxy.sessions.leases import TurnLease
 from statefulproxy.sessions.messages import MessageIds
 from statefulproxy.sessions.service import TurnService
 from statefulproxy.settings import Settings
-from statefulproxy.stores import MemoryStore
+from statefulproxy.stores import Lease, MemoryStore
 
 pytestmark = pytest.mark.anyio
 
@@ -63,3 +65,39 @@ async def test_finished_tasks_are_forgotten() -> None:
     await asyncio.sleep(0)
     await asyncio.sleep(0)
     assert not turns._background
+
+
+class CountingStore(MemoryStore):
+    """A memory store that reports each lease renewal."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.renewals = 0
+        self.renewed = asyncio.Event()
+
+    async def renew_lease(self, owner: str, session_id: str, lease: Lease) -> bool:
+        self.renewals += 1
+        self.renewed.set()
+        return await super().renew_lease(owner, session_id, lease)
+
+
+async def test_a_long_turn_keeps_its_lease_renewed_until_released() -> None:
+    store = CountingStore()
+    turns = TurnService(store, Settings(lease_ttl=0.03), MessageIds())
+    lease = TurnLease(store, "owner", "s1", turns.settings, turns.spawn)
+    await lease.load()
+    lease.keep_renewed()
+    for expected in (1, 2):  # renewed again and again while the turn runs
+        store.renewed.clear()
+        await asyncio.wait_for(store.renewed.wait(), 1)
+        assert store.renewals == expected
+    # another turn cannot take it meanwhile
+    other = TurnLease(store, "owner", "s1", Settings(on_busy="reject"), turns.spawn)
+    with pytest.raises(ClientError):
+        await other.load()
+    await lease.release()
+    count = store.renewals
+    # released: the next turn takes the lease at once, and no renewal follows
+    await other.load()
+    await asyncio.sleep(0.05)  # longer than a renewal interval: nothing to synchronise with, only absence
+    assert store.renewals == count

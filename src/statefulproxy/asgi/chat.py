@@ -9,7 +9,6 @@ traffic pays for one substring scan.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -137,18 +136,25 @@ class ChatTurn:
             key_name = dialect.messages_key
             raise ClientError(400, f"'{key_name}' is required for a session request.", param=key_name)
         sent = dialect.parse(parsed)
+        key = idempotency_key(headers, self.body) if record else None  # an unrecorded turn keeps no reply
+        try:
+            # the owner's hash needs the store's shared secret on a first request
+            owner = self.grant.owner if self.grant is not None else await self.context.owner_for(self.scope)
+        except StoreError:
+            if self.settings.on_store_error != "passthrough":
+                raise
+            owner = None
         query = self.scope["query_string"].decode("latin-1")
         model = parsed.get("model")
         request = TurnRequest(
             dialect=dialect,
-            owner="",
+            owner=owner or "",
             session_id=session_id,
             record=record,
             body=self._consumed_removed(parsed),
             sent=sent,
             metadata=parsed.get("metadata"),
-            # a turn that is not recorded keeps no reply: its key means nothing here
-            key=idempotency_key(headers, self.body) if record else None,
+            key=key,
             must_exist=self.grant is not None,
             retry=is_retry(headers),
             stream=dialect.is_stream(parsed, self.scope["path"], query),
@@ -159,15 +165,10 @@ class ChatTurn:
             turn_metadata=self.turn_metadata,
         )
         service = self.context.service
-        try:
-            # the owner's hash needs the store's shared secret on a first request
-            owner = self.grant.owner if self.grant is not None else await self.context.owner_for(self.scope)
-        except StoreError:
-            if self.settings.on_store_error != "passthrough":
-                raise
+        if owner is None:
             turn = service.degraded(request)
         else:
-            begun = await service.begin(dataclasses.replace(request, owner=owner))
+            begun = await service.begin(request)
             if isinstance(begun, Recorded):
                 await self._send_recorded(begun, request.stream)
                 return

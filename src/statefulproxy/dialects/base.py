@@ -26,7 +26,7 @@ DialectName = Literal["openai", "anthropic", "ollama", "gemini"]
 SYSTEM_ROLES = frozenset({"system", "developer"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is built per message on every turn; never changed once built
 class Canonical:
     """One message in the canonical form, with what its dialect keeps beside it."""
 

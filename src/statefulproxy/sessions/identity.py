@@ -166,6 +166,8 @@ def client_secret_of(headers: Headers) -> bytes | None:
     """The bearer token when it is a session client secret (``spcs_...``), else None."""
     for name, value in headers:
         if name.lower() == b"authorization":
+            if b"spcs_" not in value:  # the common case, on every request: no split needed
+                return None
             scheme, token = _scheme_and_token(value.strip())
             if scheme.lower() == b"bearer" and token.startswith(b"spcs_"):
                 return token

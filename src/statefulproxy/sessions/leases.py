@@ -46,6 +46,7 @@ class TurnLease:
         self.lease = Lease(secrets.token_hex(16), max(int(settings.lease_ttl * 1000), 1))
         self.settings = settings
         self.released = False
+        self._timer: asyncio.TimerHandle | None = None
         self._renewing: asyncio.Task[None] | None = None
 
     @property
@@ -77,11 +78,21 @@ class TurnLease:
             backoff = min(backoff * 2, _MAX_BACKOFF)
 
     def keep_renewed(self) -> None:
-        """Renew the lease in the background until released (the upstream may take minutes)."""
+        """Renew the lease in the background until released (the upstream may take minutes).
+
+        A timer, not a task: most turns end long before the first renewal, and a timer costs a
+        fraction of a task that has to be woken up to be cancelled.
+        """
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.lease.ttl_ms / 3000, self._renew_now)
+
+    def _renew_now(self) -> None:
         self._renewing = asyncio.get_running_loop().create_task(self._renew())
 
     async def release(self) -> None:
         """Stop renewing and drop the lease unless a commit already released it."""
+        if self._timer is not None:
+            self._timer.cancel()
         if self._renewing is not None:
             self._renewing.cancel()
         if self.released:
@@ -110,12 +121,11 @@ class TurnLease:
                 return
 
     async def _renew(self) -> None:
-        interval = self.lease.ttl_ms / 3000
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                if not await self.store.renew_lease(self.owner, self.session_id, self.lease):
-                    logger.warning("lease of a session lost while its turn ran")
-                    return
-            except StoreError as exc:
-                logger.warning("lease not renewed: %s", exc)
+        try:
+            if not await self.store.renew_lease(self.owner, self.session_id, self.lease):
+                logger.warning("lease of a session lost while its turn ran")
+                return
+        except StoreError as exc:
+            logger.warning("lease not renewed: %s", exc)
+        if not self.released:
+            self.keep_renewed()

@@ -39,9 +39,9 @@ _USER_PREFIX = b'{"role":"user"'  # a canonical message's bytes start with its r
 _NATIVE = b'"native"'
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass pays a setattr call per field, on every turn
 class TurnRequest:
-    """One session chat request, parsed."""
+    """One session chat request, parsed. Not changed once built."""
 
     dialect: Dialect
     owner: str
@@ -105,7 +105,7 @@ class Turn:
                 create=self.snapshot is None,
                 new_id=service.message_ids.new,
                 reasoning_field=request.reasoning_field,
-                natives=[item.native for item in request.sent],
+                natives=[item.native for item in request.sent] if request.dialect.name != "openai" else (),
                 turn_metadata=request.turn_metadata,
                 namespace=request.namespace,
             )
@@ -211,11 +211,16 @@ class TurnService:
         stored = snapshot.replay if snapshot else []
         lead = snapshot.leading_system if snapshot else 0
         sent = request.sent
-        if stored and any(item.message.get("tool_call_id") == "" for item in sent):
-            sent = bind_tool_results(sent, stored)
         messages = [item.message for item in sent]
+        if stored and any(message.get("tool_call_id") == "" for message in messages):
+            sent = bind_tool_results(sent, stored)
+            messages = [item.message for item in sent]
         openai = request.dialect.name == "openai"
-        skip = self._window_skip(snapshot, lead) if snapshot is not None else 0
+        settings = self.settings
+        windowed = snapshot is not None and (
+            snapshot.window is not None or settings.max_history_messages or settings.max_history_tokens
+        )
+        skip = self._window_skip(snapshot, lead) if windowed and snapshot is not None else 0
         try:
             plan = plan_turn(stored, lead, messages, request.reasoning_field, skip=skip, forward=openai)
             body = request.body
