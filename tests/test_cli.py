@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+import time
 import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +58,8 @@ class Recorder:
     [
         (
             ["--store", "bogus://x", "--upstream", "http://x"],
-            "statefulproxy: error: store: must be a memory://, redis:// or rediss:// URL "
-            "(got 'bogus://x' from --store)",
+            "statefulproxy: error: store: must be a memory://, redis://, rediss://, unix://, redis+cluster:// "
+            "or redis+sentinel:// URL (got 'bogus://x' from --store)",
         ),
         (
             [],
@@ -218,3 +222,80 @@ def test_main_module_does_not_run_on_import() -> None:
     import statefulproxy.__main__ as entry
 
     assert entry.main is main
+
+
+def test_workers_with_the_memory_store_are_refused() -> None:
+    result = run_cli("--upstream", "http://x", "--workers", "2")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "statefulproxy: error: workers: 2 workers need a shared store (redis://...); memory:// lives in one process\n"
+    )
+
+
+def test_workers_run_each_their_own_process_on_one_port(redis_url: str, tmp_path: Path) -> None:
+    import httpx2
+
+    from harness.servers import serve
+    from harness.upstream import ScriptedUpstream
+
+    upstream = ScriptedUpstream()
+    with serve(upstream, loop="uvloop") as upstream_url:
+        with socket_port() as port:
+            pass
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "statefulproxy",
+                "--upstream",
+                upstream_url,
+                "--store",
+                redis_url,
+                "--port",
+                str(port),
+            ],
+            env={**clean_environ(), "STATEFULPROXY_WORKERS": "2", "STATEFULPROXY_LOG_LEVEL": "warning"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_until_healthy(url, process)
+            workers = child_pids(process.pid)
+            assert len(workers) == 2
+            with httpx2.Client(base_url=url, timeout=10, headers={"session-id": f"w-{port}"}) as http:
+                for turn in range(6):  # whichever worker answers, each turn sees every earlier one
+                    body = {"model": "m", "messages": [{"role": "user", "content": f"t{turn}"}]}
+                    assert http.post("/v1/chat/completions", json=body).status_code == 200
+                    assert len(upstream.chat_requests[-1].json["messages"]) == 2 * turn + 1
+        finally:
+            process.terminate()
+            assert process.wait(timeout=15) == 0
+
+
+@contextlib.contextmanager
+def socket_port() -> Iterator[int]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        yield int(probe.getsockname()[1])
+
+
+def wait_until_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
+    import httpx2
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the proxy exited"
+        with contextlib.suppress(httpx2.TransportError):
+            if httpx2.get(url + "/healthz").status_code == 200:
+                return
+        time.sleep(0.05)  # polling the process until it listens, not synchronising a test step
+    raise AssertionError("the proxy did not start")
+
+
+def child_pids(pid: int) -> list[int]:
+    """The worker processes of ``pid`` (multiprocessing's resource tracker is a child too)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return [child for child in found if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()]

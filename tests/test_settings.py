@@ -137,6 +137,8 @@ def test_every_key_has_an_environment_variable() -> None:
     env = {
         "STATEFULPROXY_UPSTREAM": "https://example.com/api/",
         "STATEFULPROXY_STORE": "rediss://cache:6380/2",
+        "STATEFULPROXY_STORE_PREFIX": "prod:eu",
+        "STATEFULPROXY_WORKERS": "4",
         "STATEFULPROXY_HOST": "0.0.0.0",
         "STATEFULPROXY_PORT": "9000",
         "STATEFULPROXY_SESSION_TTL": "none",
@@ -174,6 +176,8 @@ def test_every_key_has_an_environment_variable() -> None:
     assert load_settings({}, env) == Settings(
         upstream="https://example.com/api",
         store="rediss://cache:6380/2",
+        store_prefix="prod:eu",
+        workers=4,
         host="0.0.0.0",
         port=9000,
         session_ttl=None,
@@ -373,7 +377,9 @@ def test_store_schemes(value: str) -> None:
 @pytest.mark.parametrize("value", ["bogus://x", "postgres://u:hunter2@db/x", "redis", "memory", "localhost:6379", ""])
 def test_bad_store(value: str) -> None:
     message = config_error("store", value)
-    assert message.startswith("store: must be a memory://, redis:// or rediss:// URL (got ")
+    assert message.startswith(
+        "store: must be a memory://, redis://, rediss://, unix://, redis+cluster:// or redis+sentinel:// URL (got "
+    )
     assert "hunter2" not in message
 
 
@@ -446,7 +452,11 @@ def test_scope_secret() -> None:
 
 BAD_VALUES = [
     ("upstream", "ftp://x", "must be an http:// or https:// URL"),
-    ("store", "bogus://x", "must be a memory://, redis:// or rediss:// URL"),
+    (
+        "store",
+        "bogus://x",
+        "must be a memory://, redis://, rediss://, unix://, redis+cluster:// or redis+sentinel:// URL",
+    ),
     ("host", "", "must be a host name or IP address"),
     ("host", 127, "must be a string"),
     ("port", 0, "must be an integer from 1 to 65535"),
@@ -464,6 +474,8 @@ BAD_VALUES = [
     ("upstream_max_connections", "many", "must be an integer of at least 0"),
     ("forward_store", "perhaps", "must be true or false"),
     ("require_credential", "sometimes", "must be true or false"),
+    ("store_prefix", "a b", "must be 1-64 characters of A-Z a-z 0-9 . _ : -"),
+    ("workers", 0, "must be an integer from 1 to 64"),
     ("replay_reasoning", "think", "must be one of 'auto', 'none', 'reasoning_content', 'reasoning'"),
     ("profile", "mistral", "must be one of 'openai', 'azure'"),
     ("routes", [{"prefix": "/a/", "upstream": "https://x"}], "routes[0].prefix must be ''"),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 
 from .asgi.guards import check_request_head
 from .asgi.middleware import SessionMiddleware
@@ -10,7 +12,7 @@ from .asgi.passthrough import PassthroughApp
 from .asgi.replies import send_error, send_failure, send_object
 from .errors import ClientError, ConfigError, StoreError
 from .routes import CHAT_DIALECT_KEY, ROUTE_KEY, match_route
-from .settings import Settings
+from .settings import Settings, load_settings
 from .stores import Store, store_from_url
 from .types import Receive, Scope, Send
 from .upstream import UpstreamClient, UpstreamTimeouts
@@ -36,7 +38,12 @@ class ProxyApp:
         self.store = (
             store
             if store is not None
-            else store_from_url(settings.store, ttl=settings.session_ttl, timeout=settings.store_timeout)
+            else store_from_url(
+                settings.store,
+                ttl=settings.session_ttl,
+                timeout=settings.store_timeout,
+                key_prefix=settings.store_prefix,
+            )
         )
         self.sessions = SessionMiddleware(PassthroughApp(self.upstream), self.store, settings=settings)
         self.healthz = settings.health_prefix + "/healthz"
@@ -117,3 +124,13 @@ class ProxyApp:
 def create_app(settings: Settings) -> ProxyApp:
     """The proxy app for ``settings``; nothing connects until its lifespan starts."""
     return ProxyApp(settings)
+
+
+# the command line a worker process rebuilds its settings from (with the environment it inherits)
+WORKER_ARGS_ENV = "STATEFULPROXY_WORKER_ARGS"
+
+
+def app_from_environment() -> ProxyApp:
+    """The app of one ``--workers`` process: the CLI's flags are in ``WORKER_ARGS_ENV``."""
+    cli = json.loads(os.environ[WORKER_ARGS_ENV])
+    return create_app(load_settings(cli, os.environ))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -42,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--store", metavar="URL", help="memory:// (default), redis://host:port/db or rediss://...")
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", help="port to listen on (default 8080)")
+    parser.add_argument("--workers", metavar="N", help="worker processes on the port (default 1; needs a shared store)")
     parser.add_argument("--config", metavar="FILE", help="YAML config file (default: $STATEFULPROXY_CONFIG)")
     parser.add_argument("--log-level", metavar="{" + ",".join(get_args(LogLevel)) + "}", help="default info")
     parser.add_argument("--version", action="version", version=f"statefulproxy {__version__}")
@@ -57,23 +60,40 @@ def main(argv: Sequence[str] | None = None, *, run: Runner | None = None) -> int
     except _UsageError as exc:
         return _fail(str(exc))
     try:
-        settings = load_settings(vars(args), os.environ)
+        cli = vars(args)
+        settings = load_settings(cli, os.environ)
         if not settings.route_table:
             raise ConfigError(_UPSTREAM_REQUIRED)
-        (run or serve)(settings)
+        if settings.workers > 1 and settings.store.startswith("memory:"):
+            raise ConfigError(
+                f"workers: {settings.workers} workers need a shared store (redis://...); memory:// lives in one process"
+            )
+        (run or functools.partial(serve, cli=cli))(settings)
     except ConfigError as exc:
         return _fail(str(exc))
     return 0
 
 
-def serve(settings: Settings) -> None:
-    """Serve the proxy with uvicorn until it is stopped."""
+def serve(settings: Settings, cli: dict[str, Any] | None = None) -> None:
+    """Serve the proxy with uvicorn until it is stopped; ``settings.workers`` processes share the port."""
     import uvicorn
 
-    from statefulproxy.app import create_app
+    app: Any
+    options: dict[str, Any] = {}
+    if settings.workers > 1:
+        from statefulproxy.app import WORKER_ARGS_ENV
 
+        # each worker process builds its own app, clients and loop from the same flags and environment
+        os.environ[WORKER_ARGS_ENV] = json.dumps(cli or {})
+        app = "statefulproxy.app:app_from_environment"
+        options = {"workers": settings.workers, "factory": True}
+    else:
+        from statefulproxy.app import create_app
+
+        app = create_app(settings)
     uvicorn.run(
-        create_app(settings),
+        app,
+        **options,
         host=settings.host,
         port=settings.port,
         lifespan="on",  # a failing startup (store unreachable) stops the server

@@ -52,6 +52,8 @@ class Settings:
 
     upstream: str | None = None
     store: str = "memory://"
+    store_prefix: str = "sp"
+    workers: int = 1
     host: str = "127.0.0.1"
     port: int = 8080
     session_ttl: float | None = 86400.0
@@ -222,6 +224,8 @@ _PARSERS: Final[Mapping[str, Callable[[Any], Any]]] = MappingProxyType(
     {
         "upstream": values.upstream,
         "store": values.store,
+        "store_prefix": values.key_prefix,
+        "workers": values.integer(1, 64),
         "host": values.host,
         "port": values.integer(1, 65535),
         "session_ttl": values.duration(allow_none=True),

@@ -67,14 +67,27 @@ def upstream(value: Any) -> str | None:
     return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
 
 
+_STORE_SCHEMES: Final = frozenset({"memory", "redis", "rediss", "unix", "redis+cluster", "redis+sentinel"})
+
+
 def store(value: Any) -> str:
     text = string(value)
     try:
         scheme = urlsplit(text).scheme
     except ValueError:
         raise ValueError("is not a valid URL") from None
-    if scheme not in ("memory", "redis", "rediss") or "://" not in text:
-        raise ValueError("must be a memory://, redis:// or rediss:// URL")
+    if scheme not in _STORE_SCHEMES or "://" not in text:
+        raise ValueError("must be a memory://, redis://, rediss://, unix://, redis+cluster:// or redis+sentinel:// URL")
+    return text
+
+
+_KEY_PREFIX = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def key_prefix(value: Any) -> str:
+    text = string(value)
+    if not _KEY_PREFIX.fullmatch(text):
+        raise ValueError("must be 1-64 characters of A-Z a-z 0-9 . _ : -")
     return text
 
 

@@ -55,7 +55,12 @@ class SessionMiddleware:
         self.settings = settings
         self.owns_store = isinstance(store, str)
         self.store: Store = (
-            store_from_url(settings.store, ttl=settings.session_ttl, timeout=settings.store_timeout)
+            store_from_url(
+                settings.store,
+                ttl=settings.session_ttl,
+                timeout=settings.store_timeout,
+                key_prefix=settings.store_prefix,
+            )
             if isinstance(store, str)
             else store
         )
