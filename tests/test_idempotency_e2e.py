@@ -224,3 +224,23 @@ def test_a_bad_key_is_refused_before_anything_happens(stack: Stack, headers: lis
     assert answer.status_code == 400
     assert answer.json()["error"]["code"] == "invalid_idempotency_key"
     assert stack.upstream.chat_requests == []
+
+
+def test_a_key_reused_after_its_ttl_opens_a_new_conversation(redis_url: str) -> None:
+    # issue 10, defect 4: the id derived from the key alone reopened the old session and sent
+    # its history upstream. Inside the TTL a repeat finds its session; past it, a fresh one.
+    for store_url in ("memory://", redis_url):
+        with running_stack(store_url, idempotency_ttl="0.3s") as stack, stack.http() as http:
+            body = {"model": "m", "store": True, "messages": [user("first conversation")]}
+            first = chat(http, body, **{"Idempotency-Key": "reused"})
+            again = chat(http, body, **{"Idempotency-Key": "reused"})
+            assert again.headers["x-session-id"] == first.headers["x-session-id"]
+            assert again.headers["x-session-replayed"] == "true"
+            expired = threading.Event()
+            expired.wait(0.5)  # past idempotency_ttl: time has to pass, nothing to synchronise with
+            later = chat(http, {**body, "messages": [user("another conversation")]}, **{"Idempotency-Key": "reused"})
+            assert later.status_code == 200
+            assert later.headers["x-session-id"] != first.headers["x-session-id"]
+            assert stack.upstream.chat_requests[-1].json["messages"] == [user("another conversation")]
+            assert contents(http, first.headers["x-session-id"]) == ["first conversation", "reply 1"]
+            assert contents(http, later.headers["x-session-id"]) == ["another conversation", "reply 2"]

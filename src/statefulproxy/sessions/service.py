@@ -164,6 +164,13 @@ class TurnService:
             return self.degraded(request)
         if snapshot is not None and snapshot.idempotent is not None and key is not None:
             return self._recorded(request, session_id, key.reply(snapshot.idempotent))  # no lease was taken
+        if minted and key is not None and snapshot is not None:
+            # The id derived from the key names a session whose reply under this key is gone (past
+            # idempotency_ttl): this is no retry of that turn, and must not reopen that conversation.
+            await _release(lease)
+            session_id = mint_session_id()
+            lease = TurnLease(self.store, owner, session_id, self.settings, self.spawn) if record else None
+            snapshot = await lease.load() if lease is not None else None
         try:
             if snapshot is None and not minted and (session_id.startswith(MINTED_PREFIX) or request.must_exist):
                 raise ClientError(
