@@ -22,7 +22,7 @@ LAYERS = {
     # adapters
     "stores": 4, "stores.memory": 3, "stores.redis": 3, "upstream": 3, "sessions.leases": 5, "sessions.service": 6,
     # ASGI
-    "asgi": 1, "asgi.guards": 1, "asgi.api_models": 3, "asgi.openapi": 0, "asgi.replies": 5, "asgi.tap": 6,
+    "asgi": 1, "asgi.guards": 1, "asgi.request_body": 1, "asgi.api_models": 3, "asgi.openapi": 0, "asgi.replies": 5, "asgi.tap": 6,
     "asgi.passthrough": 6, "asgi.chat": 7, "asgi.management": 6, "asgi.simple_chat": 8, "asgi.middleware": 9,
     # composition
     "routes": 1, "app": 10, "cli": 11, "__main__": 12, "__init__": 12,

@@ -28,6 +28,7 @@ from ..settings import Settings
 from ..types import ASGIApp, Headers, Message, Receive, Scope, Send
 from .passthrough import DIALECT_KEY
 from .replies import send_error, send_failure
+from .request_body import check_integers, decoded
 from .tap import ResponseTap, with_session_id
 
 logger = logging.getLogger("statefulproxy")
@@ -39,6 +40,7 @@ _SESSION_MARKERS = (b"session_id", b"sessionId", b'"store"', b"\\u")
 _CONSUMED = ("session_id", "sessionId")
 # How each dialect's upstream takes the proxy's own key (client-secret requests).
 _UPSTREAM_KEY_HEADERS = {"anthropic": b"x-api-key", "gemini": b"x-goog-api-key"}
+_REFRAMED = frozenset({b"content-length", b"transfer-encoding", b"accept-encoding", b"content-encoding"})
 _CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key", b"api-key", b"x-goog-api-key"})
 
 
@@ -81,6 +83,7 @@ class ChatTurn:
         self.receive = receive
         self.send = send
         self.body = b""
+        self.content_encoding = b""
         self.replayed = False
 
     async def run(self) -> None:
@@ -96,6 +99,9 @@ class ChatTurn:
     async def _run(self) -> None:
         headers: Headers = self.scope["headers"]
         body = self.body = await self._read_body(headers)
+        if self.content_encoding or body.startswith(b"\xef"):
+            # only what the session layer reads is decoded: a stateless body goes on as it came
+            body = decoded(body, self.content_encoding, self.settings.max_body_size)
         from_headers = header_session_id(headers, self.context.header_names)
         if from_headers is None and self.grant is None and not any(marker in body for marker in _SESSION_MARKERS):
             await self.app(self.scope, self.receive_replayed_body, self.send)
@@ -104,6 +110,8 @@ class ChatTurn:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError:
             parsed = None
+        else:
+            check_integers(body)
         if not isinstance(parsed, dict):
             # a body that names a session but cannot be read must not go upstream as a stateless one
             named = b"session_id" in body or b"sessionId" in body
@@ -208,7 +216,8 @@ class ChatTurn:
     def _forward_scope(self) -> Scope:
         """The scope the app sees: the rewritten body's framing, session headers removed."""
         # accept-encoding goes too: an uncompressed reply is recorded and rewritten as it is
-        drop = self.context.header_names | {b"content-length", b"transfer-encoding", b"accept-encoding"}
+        # content-encoding goes as well: the body is the proxy's own, uncompressed JSON
+        drop = self.context.header_names | _REFRAMED
         if self.grant is not None:  # the browser's secret stays here; the upstream gets the proxy's key
             drop = drop | _CREDENTIAL_HEADERS
         headers = [(name, value) for name, value in self.scope["headers"] if name.lower() not in drop]
@@ -236,8 +245,11 @@ class ChatTurn:
     async def _read_body(self, headers: Headers) -> bytes:
         limit = self.settings.max_body_size
         for name, value in headers:
-            if name.lower() == b"content-length" and value.isdigit() and int(value) > limit:
+            lowered = name.lower()
+            if lowered == b"content-length" and value.isdigit() and int(value) > limit:
                 raise _too_large(limit)
+            if lowered == b"content-encoding":
+                self.content_encoding = value
         chunks: list[bytes] = []
         size = 0
         while True:
