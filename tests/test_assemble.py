@@ -10,7 +10,12 @@ import orjson
 import pytest
 
 from statefulproxy.dialects.openai_recorder import ChatStreamRecorder
-from statefulproxy.dialects.openai_stream import AssistantReply, ChatStreamAccumulator, reply_from_completion
+from statefulproxy.dialects.openai_stream import (
+    LEGACY_CALL_ID,
+    AssistantReply,
+    ChatStreamAccumulator,
+    reply_from_completion,
+)
 
 STREAMS = Path(__file__).parent / "fixtures" / "streams"
 LINE_ENDINGS = {"lf": b"\n", "crlf": b"\r\n", "cr": b"\r"}
@@ -534,3 +539,23 @@ def test_completion_without_usage() -> None:
 )
 def test_completion_malformed(body: Any) -> None:
     assert reply_from_completion(body) is None
+
+
+def test_a_legacy_function_call_is_kept_as_a_tool_call() -> None:
+    # issue 10, defect 8: it was stored as an empty message
+    call = {"id": LEGACY_CALL_ID, "type": "function", "function": {"name": "lookup", "arguments": '{"q":"x"}'}}
+    body = {
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": None, "function_call": call["function"]}}]
+    }
+    reply = reply_from_completion(body)
+    assert reply is not None
+    assert reply.message == {"role": "assistant", "content": None, "tool_calls": [call]}
+    accumulator = ChatStreamAccumulator()
+    for delta in (
+        {"role": "assistant", "function_call": {"name": "lookup", "arguments": ""}},
+        {"function_call": {"arguments": '{"q":'}},
+        {"function_call": {"arguments": '"x"}'}},
+    ):
+        accumulator.feed(orjson.dumps({"choices": [{"index": 0, "delta": delta}]}))
+    accumulator.feed(b"[DONE]")
+    assert accumulator.result().message["tool_calls"] == [call]

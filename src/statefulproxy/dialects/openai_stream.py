@@ -18,6 +18,10 @@ from .base import AssistantReply
 __all__ = ["AssistantReply", "ChatStreamAccumulator", "reply_from_completion"]
 
 
+# A legacy `function_call` reply is kept as the one tool call it stands for, under this id.
+LEGACY_CALL_ID = "call_function_call"
+
+
 class _Malformed(Exception):
     """A payload that does not have the shape of a chat completion (chunk)."""
 
@@ -157,6 +161,9 @@ class ChatStreamAccumulator:
             self._name = name
         for fragment in _objects(delta.get("tool_calls")):
             self._apply_tool_call(fragment)
+        legacy = _opt_dict(delta, "function_call")
+        if legacy:
+            self._apply_tool_call({"index": 0, "id": LEGACY_CALL_ID, "type": "function", "function": legacy})
 
     def _apply_tool_call(self, fragment: dict[str, Any]) -> None:
         call_id = _opt_str(fragment, "id")
@@ -207,6 +214,9 @@ def reply_from_completion(body: Any) -> AssistantReply | None:
         raw_tool_calls = message.get("tool_calls")
         if raw_tool_calls is not None and not isinstance(raw_tool_calls, list):
             return None
+        legacy = _opt_dict(message, "function_call")
+        if legacy and not raw_tool_calls:
+            raw_tool_calls = [{"id": LEGACY_CALL_ID, "type": "function", "function": legacy}]
         tool_calls: list[dict[str, Any]] = []
         for call in raw_tool_calls or ():
             if not isinstance(call, dict):
