@@ -79,6 +79,8 @@ class Settings:
     on_busy: OnBusy = "wait"
     busy_timeout: float = 60.0
     lease_ttl: float = 30.0
+    max_turn_duration: float = 1800.0
+    send_timeout: float = 60.0
     on_store_error: OnStoreError = "fail"
     store_timeout: float = 5.0
     idempotency_ttl: float = 86400.0
@@ -251,6 +253,8 @@ _PARSERS: Final[Mapping[str, Callable[[Any], Any]]] = MappingProxyType(
         "on_busy": values.choice(get_args(OnBusy)),
         "busy_timeout": values.duration(allow_none=False),
         "lease_ttl": values.duration(allow_none=False),
+        "max_turn_duration": values.duration(allow_none=False),
+        "send_timeout": values.duration(allow_none=False),
         "on_store_error": values.choice(get_args(OnStoreError)),
         "store_timeout": values.duration(allow_none=False),
         "idempotency_ttl": values.duration(allow_none=False),

@@ -9,6 +9,8 @@ traffic pays for one substring scan.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -85,6 +87,7 @@ class ChatTurn:
         self.body = b""
         self.content_encoding = b""
         self.replayed = False
+        self.cut: str | None = None  # why the turn was cut, once it was
 
     async def run(self) -> None:
         try:
@@ -181,12 +184,34 @@ class ChatTurn:
                 await self._send_recorded(begun, request.stream)
                 return
             turn = begun
+        task = asyncio.current_task()
+        assert task is not None
         try:
             self.body = turn.forward
             tap = ResponseTap(self.send, turn.session_id, turn.commit, dialect, request.stream)
+            turn.keep_leased(functools.partial(self._still_wanted, tap, task, task.get_loop().time()))
             await self.app(self._forward_scope(), self.receive_replayed_body, tap.send_and_record)
+        except asyncio.CancelledError:
+            if self.cut is None:
+                raise
+            task.uncancel()
+            # returning without the response's end aborts the connection: never a clean, unrecorded reply
+            logger.warning("turn cut: %s; not recorded, its lease released", self.cut)
         finally:
             await turn.release()
+
+    def _still_wanted(self, tap: ResponseTap, task: asyncio.Task[Any], started: float) -> bool:
+        """Whether a turn holding its session's lease may go on; if not, it is cut (issue 10, defect 7)."""
+        now = task.get_loop().time()
+        settings = self.settings
+        if now - started > settings.max_turn_duration:
+            self.cut = f"longer than max_turn_duration ({settings.max_turn_duration:g} s)"
+        elif tap.sending_since is not None and now - tap.sending_since > settings.send_timeout:
+            self.cut = f"the client read nothing for send_timeout ({settings.send_timeout:g} s)"
+        else:
+            return True
+        task.cancel()
+        return False
 
     def _reasoning_field(self) -> ReasoningField:
         chosen = self.settings.replay_reasoning

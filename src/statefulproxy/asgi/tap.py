@@ -13,6 +13,7 @@ reply becomes a 503, a stream is cut (its end is never sent, which aborts the co
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import zlib
 from collections.abc import Awaitable, Callable
@@ -47,8 +48,18 @@ class ResponseTap:
         self._decoder: zlib._Decompress | None = None
         self._recorder: ReplyDecoder | None = None
         self.committed = False
+        self.sending_since: float | None = None
+        self._loop = asyncio.get_running_loop()
 
     async def send_and_record(self, message: Message) -> None:
+        # when the send in progress began: a client that stops reading keeps it from returning
+        self.sending_since = self._loop.time()
+        try:
+            await self._relay(message)
+        finally:
+            self.sending_since = None
+
+    async def _relay(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             await self._on_start(message)
         elif message["type"] == "http.response.body":

@@ -47,6 +47,7 @@ class TurnLease:
         self.settings = settings
         self.released = False
         self._timer: asyncio.TimerHandle | None = None
+        self._still_wanted: Callable[[], bool] | None = None
         self._renewing: asyncio.Task[None] | None = None
 
     @property
@@ -77,16 +78,20 @@ class TurnLease:
             await asyncio.sleep(backoff)  # polling the store: the holder may be another process
             backoff = min(backoff * 2, _MAX_BACKOFF)
 
-    def keep_renewed(self) -> None:
+    def keep_renewed(self, still_wanted: Callable[[], bool] | None = None) -> None:
         """Renew the lease in the background until released (the upstream may take minutes).
 
-        A timer, not a task: most turns end long before the first renewal, and a timer costs a
-        fraction of a task that has to be woken up to be cancelled.
+        Before each renewal ``still_wanted`` is asked; once it says no, renewing stops (the
+        caller cuts its turn and releases the lease). A timer, not a task: most turns end long
+        before the first renewal, and a timer costs a fraction of a task that has to be woken up
+        to be cancelled.
         """
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self.lease.ttl_ms / 3000, self._renew_now)
+        self._still_wanted = still_wanted
+        self._timer = asyncio.get_running_loop().call_later(self.lease.ttl_ms / 3000, self._renew_now)
 
     def _renew_now(self) -> None:
+        if self._still_wanted is not None and not self._still_wanted():
+            return
         self._renewing = asyncio.get_running_loop().create_task(self._renew())
 
     async def release(self) -> None:
@@ -128,4 +133,4 @@ class TurnLease:
         except StoreError as exc:
             logger.warning("lease not renewed: %s", exc)
         if not self.released:
-            self.keep_renewed()
+            self.keep_renewed(self._still_wanted)

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,6 +129,11 @@ class Turn:
         if result != "ok":
             logger.info("turn not recorded: session %s", result)
 
+    def keep_leased(self, still_wanted: Callable[[], bool]) -> None:
+        """Keep the lease renewed while the turn runs and ``still_wanted()`` says so."""
+        if self.lease is not None:
+            self.lease.keep_renewed(still_wanted)
+
     async def release(self) -> None:
         """Stop renewing the lease and drop it unless the commit did. Safe to call twice."""
         if self.lease is not None:
@@ -187,8 +192,6 @@ class TurnService:
         except BaseException:
             await _release(lease)
             raise
-        if lease is not None:
-            lease.keep_renewed()
         return Turn(self, request, session_id, forward, plan if record else None, snapshot, lease)
 
     def degraded(self, request: TurnRequest) -> Turn:
