@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from ..dialects.base import Dialect
+from ..dialects.base import Canonical, Dialect
 from ..errors import ClientError, StoreError
 from ..routes import ROUTE_KEY, STRICT_PROFILES, Route, reasoning_field
 from ..sessions.idempotency import idempotency_key
@@ -147,6 +147,8 @@ class ChatTurn:
             key_name = dialect.messages_key
             raise ClientError(400, f"'{key_name}' is required for a session request.", param=key_name)
         sent = dialect.parse(parsed)
+        if self.grant is not None:
+            _only_user_turns(sent)
         key = idempotency_key(headers, self.body) if record else None  # an unrecorded turn keeps no reply
         try:
             # the owner's hash needs the store's shared secret on a first request
@@ -296,6 +298,23 @@ class ChatTurn:
             return await self.receive()
         self.replayed = True
         return {"type": "http.request", "body": self.body, "more_body": False}
+
+
+_SECRET_MAY_NOT_SEND = frozenset({"system", "developer", "assistant"})
+
+
+def _only_user_turns(sent: list[Canonical]) -> None:
+    """A client secret (a browser) may only add user messages and tool results (issue 10, defect 6):
+    a system prompt or an assistant message would rewrite the conversation its owner set up."""
+    for item in sent:
+        role = item.message.get("role")
+        if role in _SECRET_MAY_NOT_SEND:
+            raise ClientError(
+                403,
+                f"A client secret may only send user messages and tool results, not '{role}' messages.",
+                type="permission_error",
+                code="client_secret_role",
+            )
 
 
 def _too_large(limit: int) -> ClientError:

@@ -16,6 +16,8 @@ _TRANSFER_ENCODING = b"transfer-encoding"
 _FRAMING_NAMES = (_CONTENT_LENGTH, _TRANSFER_ENCODING)
 # a name of another length cannot be either: most names are passed over without being lowered
 _FRAMING_NAME_LENGTHS = (len(_CONTENT_LENGTH), len(_TRANSFER_ENCODING))
+_AUTHORIZATION = b"authorization"
+_AUTHORIZATION_LENGTH = len(_AUTHORIZATION)
 
 
 def check_request_head(headers: Headers, max_headers: int, max_header_bytes: int) -> ClientError | None:
@@ -26,7 +28,7 @@ def check_request_head(headers: Headers, max_headers: int, max_header_bytes: int
     """
     if len(headers) > max_headers:
         return _too_large(f"The request has more than {max_headers} headers.")
-    total = 0
+    total = authorizations = 0
     has_length = unusual = False
     for name, value in headers:
         total += len(name) + len(value)
@@ -35,8 +37,13 @@ def check_request_head(headers: Headers, max_headers: int, max_header_bytes: int
                 has_length = True
             elif name == _CONTENT_LENGTH or name.lower() in _FRAMING_NAMES:
                 unusual = True
+        elif len(name) == _AUTHORIZATION_LENGTH and name.lower() == _AUTHORIZATION:
+            authorizations += 1
     if total > max_header_bytes:
         return _too_large(f"The request's headers exceed {max_header_bytes} bytes.")
+    if authorizations > 1:
+        # whose credential is it? A second one (a session's client secret, say) must never travel on
+        return ClientError(400, "A request may carry one Authorization header.", code="duplicate_authorization")
     return _check_framing(headers) if unusual else None
 
 
