@@ -250,3 +250,32 @@ def test_the_same_message_again_without_the_retry_header_is_a_new_turn(stack: St
             body = {"model": "m", "messages": [user("yes")]}
             assert http.post("/v1/chat/completions", json=body, headers={"session-id": "yes"}).status_code == 200
         assert http.get("/v1/sessions/yes").json()["message_count"] == 4
+
+
+def test_a_queued_turn_whose_client_left_never_reaches_the_upstream(redis_url: str) -> None:
+    # issue 10, defect 8: 2 of 40 such turns still went upstream once the session was free
+    for store_url in ("memory://", redis_url):
+        with running_stack(store_url) as stack:
+            release = threading.Event()
+            stack.upstream.push(reply.hold(release))
+            body = {"model": "m", "messages": [{"role": "user", "content": "slow"}]}
+
+            def hold_the_session(stack: Stack = stack, body: dict[str, Any] = body) -> None:
+                with stack.http() as http:
+                    http.post("/v1/chat/completions", json=body, headers={"session-id": "q"})
+
+            first = threading.Thread(target=hold_the_session)
+            first.start()
+            stack.upstream.wait_for_requests(1)
+            queued = []
+            for _ in range(5):  # each gives up while the session is busy: its client goes away
+                with stack.http() as http, contextlib.suppress(httpx2.TimeoutException):
+                    queued.append(
+                        http.post("/v1/chat/completions", json=body, headers={"session-id": "q"}, timeout=0.2)
+                    )
+            assert queued == []
+            release.set()
+            first.join(timeout=10)
+            with stack.http() as http:  # the session is free again, and takes the next turn at once
+                assert http.post("/v1/chat/completions", json=body, headers={"session-id": "q"}).status_code == 200
+            assert len(stack.upstream.chat_requests) == 2

@@ -4,6 +4,7 @@
     ├── ConfigError          bad settings; raised at startup, names the offending key
     ├── StoreError           the session store failed (redis errors are translated to this)
     ├── SessionBusy          another turn holds the session's lease
+    ├── ClientGone           the client disconnected while its turn waited: nobody to answer
     ├── UpstreamError        the upstream could not be reached or timed out
     │   └── UpstreamTimeout
     └── ClientError          the request is wrong; carries the HTTP status and OpenAI error fields
@@ -32,6 +33,10 @@ class StoreError(StatefulProxyError):
 
 class SessionBusy(StatefulProxyError):
     """Another turn holds the session's lease."""
+
+
+class ClientGone(StatefulProxyError):
+    """The client went away while its turn waited for the session: the turn is dropped."""
 
 
 class UpstreamError(StatefulProxyError):

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from ..dialects.base import Canonical, Dialect
-from ..errors import ClientError, StoreError
+from ..errors import ClientError, ClientGone, StoreError
 from ..routes import ROUTE_KEY, STRICT_PROFILES, Route, reasoning_field
 from ..sessions.idempotency import idempotency_key
 from ..sessions.identity import Grant, body_session_id, header_session_id, resolve_session_id
@@ -88,12 +88,22 @@ class ChatTurn:
         self.content_encoding = b""
         self.replayed = False
         self.cut: str | None = None  # why the turn was cut, once it was
+        self.watching: asyncio.Future[Message] | None = None  # the next message, asked for while waiting
 
     async def run(self) -> None:
+        try:
+            await self._run_watched()
+        finally:
+            if self.watching is not None:
+                self.watching.cancel()
+
+    async def _run_watched(self) -> None:
         try:
             await self._run()
         except ClientError as error:
             await send_error(self.send, error, self.dialect)
+        except ClientGone as exc:
+            logger.info("%s; turn dropped", exc)
         except StoreError as exc:
             logger.error("session store unavailable: %s", exc)
             message = "The session store is unavailable."
@@ -176,6 +186,7 @@ class ChatTurn:
             reasoning_field=self._reasoning_field(),
             namespace=self.namespace,
             turn_metadata=self.turn_metadata,
+            gone_within=self._gone_within,
         )
         service = self.context.service
         if owner is None:
@@ -295,9 +306,26 @@ class ChatTurn:
         # Hand the body out once, then defer to the real receive (which reports the
         # disconnect): replaying it forever would hang a streaming response.
         if self.replayed:
+            if self.watching is not None:  # a wait for the session already asked for the next message
+                watching, self.watching = self.watching, None
+                return await watching
             return await self.receive()
         self.replayed = True
         return {"type": "http.request", "body": self.body, "more_body": False}
+
+    async def _gone_within(self, seconds: float) -> bool:
+        """Wait ``seconds`` for the session, or less if the client disconnects meanwhile (True)."""
+        if self.watching is None:
+            # the body was read whole: the next message the server has for us is the disconnect
+            self.watching = asyncio.ensure_future(self.receive())
+        watching = self.watching
+        if not watching.done():
+            await asyncio.wait({watching}, timeout=seconds)
+            if not watching.done():
+                return False
+        elif watching.result()["type"] != "http.disconnect":
+            await asyncio.sleep(seconds)  # a message that is no disconnect: only wait
+        return bool(watching.result()["type"] == "http.disconnect")
 
 
 _SECRET_MAY_NOT_SEND = frozenset({"system", "developer", "assistant"})

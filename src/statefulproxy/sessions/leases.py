@@ -17,10 +17,10 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from ..errors import ClientError, SessionBusy, StoreError
+from ..errors import ClientError, ClientGone, SessionBusy, StoreError
 from ..settings import Settings
 from ..stores.base import Lease, SessionSnapshot, Store
 
@@ -37,8 +37,18 @@ Spawn = Callable[[Coroutine[Any, Any, None]], None]
 class TurnLease:
     """The lease of one turn on one session."""
 
-    def __init__(self, store: Store, owner: str, session_id: str, settings: Settings, spawn: Spawn) -> None:
-        """``spawn`` runs a background release; the turn service owns those tasks and drains them."""
+    def __init__(
+        self,
+        store: Store,
+        owner: str,
+        session_id: str,
+        settings: Settings,
+        spawn: Spawn,
+        gone_within: Callable[[float], Awaitable[bool]] | None = None,
+    ) -> None:
+        """``spawn`` runs a background release; the turn service owns those tasks and drains them.
+        ``gone_within(seconds)`` waits while the session is busy, True as soon as the client has left."""
+        self.gone_within = gone_within
         self.store = store
         self.spawn = spawn
         self.owner = owner
@@ -75,7 +85,12 @@ class TurnLease:
                         f"Session '{self.session_id}' is busy with another turn; retry when it has finished.",
                         code="session_busy",
                     ) from None
-            await asyncio.sleep(backoff)  # polling the store: the holder may be another process
+            # polling the store: the holder may be another process
+            if self.gone_within is None:
+                await asyncio.sleep(backoff)
+            elif await self.gone_within(backoff):
+                # a queued turn whose client left must not reach the upstream once its turn comes
+                raise ClientGone(f"the client left while waiting for session {self.session_id!r}")
             backoff = min(backoff * 2, _MAX_BACKOFF)
 
     def keep_renewed(self, still_wanted: Callable[[], bool] | None = None) -> None:

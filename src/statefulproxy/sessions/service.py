@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +59,7 @@ class TurnRequest:
     reasoning_field: ReasoningField = "none"  # how the upstream takes stored reasoning back
     namespace: str | None = None  # the path prefix a new session is created under
     turn_metadata: dict[str, Any] | None = None  # kept beside the turn's first new message
+    gone_within: Callable[[float], Awaitable[bool]] | None = None  # waits on a busy session; True: client left
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +159,7 @@ class TurnService:
             if session_id is None:
                 session_id = mint_session_id() if key is None else key.session_id(owner)
             if record:
-                lease = TurnLease(self.store, owner, session_id, self.settings, self.spawn)
+                lease = TurnLease(self.store, owner, session_id, self.settings, self.spawn, request.gone_within)
                 snapshot = await lease.load(None if key is None else key.hashed)
             else:
                 snapshot = await self.store.load(owner, session_id)
