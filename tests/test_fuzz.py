@@ -601,8 +601,9 @@ async def through_tap(start: Message, bodies: list[Message]) -> tuple[list[Messa
     async def send(message: Message) -> None:
         sent.append(message)
 
-    async def commit(reply: AssistantReply) -> None:
+    async def commit(reply: AssistantReply) -> bool:
         commits.append(reply)
+        return True
 
     tap = ResponseTap(send, "sess-fuzz", commit, OPENAI, streaming=False)
     await tap.send_and_record(start)

@@ -420,3 +420,29 @@ def test_a_refusal_is_recorded_beside_the_message(stack: Stack, stream: bool) ->
         stored = http.get("/v1/sessions/no/messages").json()["data"][-1]
     assert stored["role"] == "assistant"
     assert stored["refusal"] == "I can't help with that."
+
+
+def test_a_turn_whose_session_was_deleted_while_it_ran_says_it_was_not_recorded(stack: Stack) -> None:
+    release = threading.Event()
+    with stack.http() as http:
+        http.post(
+            "/v1/chat/completions", json={"model": "m", "messages": [user("first")]}, headers={"session-id": "gone"}
+        )
+        stack.upstream.push(reply.hold(release))
+        answers: list[Any] = []
+
+        def second_turn() -> None:
+            with stack.http() as other:
+                body = {"model": "m", "messages": [user("second")]}
+                answers.append(other.post("/v1/chat/completions", json=body, headers={"session-id": "gone"}))
+
+        running = threading.Thread(target=second_turn)
+        running.start()
+        stack.upstream.wait_for_requests(2)
+        assert http.delete("/v1/sessions/gone").status_code == 200
+        release.set()
+        running.join(timeout=10)
+    assert answers[0].status_code == 200
+    assert answers[0].headers["x-session-recorded"] == "false"
+    with stack.http() as http:
+        assert http.get("/v1/sessions/gone").status_code == 404  # not resurrected by the turn

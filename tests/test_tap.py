@@ -34,16 +34,18 @@ class Log:
     """One ordered log of what the tap sent and when it committed."""
 
     fail_commit: bool = False
+    session_gone: bool = False  # the session was deleted or ended while the turn ran
     events: list[tuple[str, Any]] = field(default_factory=list)
 
     async def send(self, message: ASGIMessage) -> None:
         self.events.append(("send", message))
 
-    async def commit(self, reply: AssistantReply) -> None:
+    async def commit(self, reply: AssistantReply) -> bool:
         # what the client had received when the turn was committed
         self.events.append(("commit", (reply, self.forwarded_body())))
         if self.fail_commit:
             raise StoreError("redis is down")
+        return not self.session_gone
 
     @property
     def sent(self) -> list[Message]:
@@ -571,3 +573,22 @@ async def test_oversized_json_reply_released_unrecorded(monkeypatch: pytest.Monk
     assert log.forwarded_body() == COMPLETION_BYTES
     assert log.bodies()[-1]["more_body"] is False
     assert header(log.start(), b"content-length") == [str(len(COMPLETION_BYTES)).encode()]
+
+
+async def test_a_stream_whose_session_went_away_says_so_after_its_end() -> None:
+    # issue 10, defect 8: it looked exactly like a recorded turn
+    log = Log(session_gone=True)
+    stream = fixture("plain_text.sse")
+    await run(log, start_message(), body_messages(events_of(stream)))
+    assert log.forwarded_body() == stream + tap_module.NOT_RECORDED_COMMENT
+    assert len(log.commits) == 1
+
+
+async def test_a_json_reply_whose_session_went_away_says_so_in_a_header() -> None:
+    log = Log(session_gone=True)
+    body = orjson.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}]})
+    await run(log, start_message(headers=[JSON_TYPE]), body_messages([body]))
+    assert tap_module.NOT_RECORDED_HEADER in log.start()["headers"]
+    recorded = Log()
+    await run(recorded, start_message(headers=[JSON_TYPE]), body_messages([body]))
+    assert tap_module.NOT_RECORDED_HEADER not in recorded.start()["headers"]

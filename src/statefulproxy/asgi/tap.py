@@ -26,7 +26,12 @@ from ..types import Headers, Message, Send
 
 logger = logging.getLogger("statefulproxy")
 
-Commit = Callable[[AssistantReply], Awaitable[None]]
+Commit = Callable[[AssistantReply], Awaitable[bool]]  # False: the session was gone, nothing recorded
+
+# A turn whose session was deleted or ended while it ran is answered, but not recorded: it says so.
+NOT_RECORDED_HEADER = (b"x-session-recorded", b"false")
+NOT_RECORDED_COMMENT = b": x-session-recorded: false\n\n"
+_EVENT_ENDS = (b"\n\n", b"\r\r", b"\r\n\r\n")
 
 # a JSON reply larger than this is relayed without being recorded
 MAX_HELD_REPLY = 64 * 1024 * 1024
@@ -49,6 +54,7 @@ class ResponseTap:
         self._recorder: ReplyDecoder | None = None
         self.committed = False
         self.sending_since: float | None = None
+        self._sse = False
         self._loop = asyncio.get_running_loop()
 
     async def send_and_record(self, message: Message) -> None:
@@ -93,6 +99,7 @@ class ResponseTap:
             if recorder is not None:
                 self._mode = "stream"
                 self._recorder = recorder
+                self._sse = content_type.startswith(b"text/event-stream")
             elif whole_json:
                 self._mode = "json"
                 self._start = message
@@ -120,12 +127,16 @@ class ResponseTap:
                 self._mode = "relay"
             if recorder.done and not self.committed:
                 try:
-                    await self._commit(recorder.result())
+                    recorded = await self._commit(recorder.result())
                 except StoreError as exc:
                     logger.error("turn not recorded, cutting the stream: %s", exc)
                     self._mode = "cut"
                     return
                 self.committed = True
+                if not recorded and self._decoder is None and chunk.endswith(_EVENT_ENDS) and self._sse:
+                    # the end went out as it came; an SSE comment after it says the turn was not kept
+                    await self._send(message)
+                    message = {"type": "http.response.body", "body": NOT_RECORDED_COMMENT, "more_body": True}
         await self._send(message)
 
     async def _on_json_body(self, message: Message) -> None:
@@ -149,12 +160,16 @@ class ResponseTap:
             await self._release_unrecorded(False)
             return
         try:
-            await self._commit(reply)
+            recorded = await self._commit(reply)
         except StoreError as exc:
             logger.error("turn not recorded: %s", exc)
             await self._send_store_failure()
             return
         self.committed = True
+        if not recorded:
+            self._start = (
+                {**start, "headers": [*start["headers"], NOT_RECORDED_HEADER]} if (start := self._start) else None
+            )
         await self._send_json(
             with_session_id(parsed, body, self._session_id.decode()), drop_encoding=self._decoder is not None
         )

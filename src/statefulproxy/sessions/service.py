@@ -92,11 +92,12 @@ class Turn:
         self.snapshot = snapshot
         self.lease = lease
 
-    async def commit(self, reply: AssistantReply) -> None:
-        """Record the turn with ``reply``; StoreError if the store failed (nothing was written)."""
+    async def commit(self, reply: AssistantReply) -> bool:
+        """Record the turn with ``reply``; False when the session was deleted or ended meanwhile
+        (nothing was written), StoreError if the store failed."""
         plan, request, service = self.plan, self.request, self.service
         if plan is None:
-            return
+            return True  # a turn nobody asked to record (store: false) is what it should be
         try:
             write = turn_write(
                 plan,
@@ -114,7 +115,7 @@ class Turn:
             if not _too_deep(exc):
                 raise
             logger.warning("reply nests too deeply to be stored; turn not recorded")
-            return
+            return False
         if request.key is not None:
             # the message as recorded (refusal included), not its replay form
             kept = request.key.keep(_kept_message(reply))
@@ -129,6 +130,7 @@ class Turn:
             lease.released = True  # the commit released it in the same step
         if result != "ok":
             logger.info("turn not recorded: session %s", result)
+        return result == "ok"
 
     def keep_leased(self, still_wanted: Callable[[], bool]) -> None:
         """Keep the lease renewed while the turn runs and ``still_wanted()`` says so."""
