@@ -17,6 +17,7 @@ import uvicorn
 from statefulproxy import __version__
 from statefulproxy.cli import main
 from statefulproxy.errors import ConfigError
+from statefulproxy.server import ClientTimeoutsProtocol
 from statefulproxy.settings import Settings
 
 
@@ -209,7 +210,7 @@ def test_default_runner_calls_uvicorn(monkeypatch: pytest.MonkeyPatch) -> None:
         "log_level": "warning",
         "access_log": False,
         "loop": "uvloop",
-        "http": "httptools",
+        "http": ClientTimeoutsProtocol,
         "proxy_headers": False,
         "server_header": False,
         "date_header": False,

@@ -12,7 +12,7 @@ from .asgi.passthrough import PassthroughApp
 from .asgi.replies import send_error, send_failure, send_object
 from .errors import ClientError, ConfigError, StoreError
 from .routes import CHAT_DIALECT_KEY, ROUTE_KEY, match_route
-from .settings import Settings, load_settings
+from .settings import CLIENT_TIMEOUTS_STATE, Settings, load_settings
 from .stores import Store, store_from_url
 from .types import Receive, Scope, Send
 from .upstream import UpstreamClient, UpstreamTimeouts
@@ -66,6 +66,9 @@ class ProxyApp:
             else:
                 await self._route(scope, receive, send)
         elif scope["type"] == "lifespan":
+            if "state" in scope:  # for the server's slow-client timers (server.py)
+                timeouts = (self.settings.client_header_timeout, self.settings.client_body_timeout)
+                scope["state"][CLIENT_TIMEOUTS_STATE] = timeouts
             await self._lifespan(receive, send)
         # websockets are not proxied: returning without accepting closes them
 

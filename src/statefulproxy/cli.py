@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import functools
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -75,46 +73,10 @@ def main(argv: Sequence[str] | None = None, *, run: Runner | None = None) -> int
 
 
 def serve(settings: Settings, cli: dict[str, Any] | None = None) -> None:
-    """Serve the proxy with uvicorn until it is stopped; ``settings.workers`` processes share the port."""
-    import uvicorn
+    """Serve the proxy with uvicorn until it is stopped."""
+    from statefulproxy.server import serve as serve_with_uvicorn
 
-    app: Any
-    options: dict[str, Any] = {}
-    if settings.workers > 1:
-        from statefulproxy.app import WORKER_ARGS_ENV
-
-        # each worker process builds its own app, clients and loop from the same flags and environment
-        os.environ[WORKER_ARGS_ENV] = json.dumps(cli or {})
-        app = "statefulproxy.app:app_from_environment"
-        options = {"workers": settings.workers, "factory": True}
-    else:
-        from statefulproxy.app import create_app
-
-        app = create_app(settings)
-    uvicorn.run(
-        app,
-        **options,
-        host=settings.host,
-        port=settings.port,
-        lifespan="on",  # a failing startup (store unreachable) stops the server
-        log_level=settings.log_level,
-        log_config=_log_config(settings.log_level),
-        access_log=settings.access_log,
-        loop="uvloop",
-        http="httptools",
-        proxy_headers=False,
-        server_header=False,
-        date_header=False,
-    )
-
-
-def _log_config(level: LogLevel) -> dict[str, Any]:
-    # uvicorn's own config, plus our loggers on its stderr handler.
-    from uvicorn.config import LOGGING_CONFIG
-
-    config = copy.deepcopy(LOGGING_CONFIG)
-    config["loggers"]["statefulproxy"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
-    return config
+    serve_with_uvicorn(settings, cli)
 
 
 def _fail(message: str) -> int:

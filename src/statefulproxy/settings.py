@@ -22,6 +22,7 @@ from statefulproxy.errors import ConfigError
 from statefulproxy.routes import PROFILES, Profile, Route, parse_namespaces, parse_routes
 
 __all__ = [
+    "CLIENT_TIMEOUTS_STATE",
     "CONFIG_ENV",
     "ENV_PREFIX",
     "LogLevel",
@@ -38,6 +39,8 @@ OnStoreError = Literal["fail", "passthrough"]
 ReplayReasoning = Literal["auto", "none", "reasoning_content", "reasoning"]  # auto: the route's profile decides
 
 ENV_PREFIX: Final = "STATEFULPROXY_"
+# the lifespan state key the app publishes (client_header_timeout, client_body_timeout) under, for the server
+CLIENT_TIMEOUTS_STATE: Final = "statefulproxy.client_timeouts"
 CONFIG_ENV: Final = "STATEFULPROXY_CONFIG"
 
 
@@ -85,6 +88,8 @@ class Settings:
     store_timeout: float = 5.0
     idempotency_ttl: float = 86400.0
     max_headers: int = 100
+    client_header_timeout: float = 30.0
+    client_body_timeout: float = 60.0
     max_header_bytes: int = 64 * 1024
     log_level: LogLevel = "info"
     access_log: bool = False
@@ -259,6 +264,8 @@ _PARSERS: Final[Mapping[str, Callable[[Any], Any]]] = MappingProxyType(
         "store_timeout": values.duration(allow_none=False),
         "idempotency_ttl": values.duration(allow_none=False),
         "max_headers": values.integer(1, 10_000),
+        "client_header_timeout": values.duration(allow_none=False),
+        "client_body_timeout": values.duration(allow_none=False),
         "max_header_bytes": values.size,
         "log_level": values.choice(get_args(LogLevel)),
         "access_log": values.boolean,
