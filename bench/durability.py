@@ -2,6 +2,7 @@
 
     python bench/durability.py            # full run: both fsync policies, 3 kills each, ~1 min
     python bench/durability.py --quick    # smoke run, ~10 s
+    python bench/durability.py --cluster  # Redis Cluster master SIGKILLed, replica promoted: durability_cluster.py
 
 For each ``appendfsync`` policy (``everysec``, then ``always``) it starts, each in its own process, a
 redis-server with AOF on (``--appendonly yes``, its own temporary dir), the scripted upstream
@@ -95,6 +96,7 @@ class Turn:
     content: str  # unique; also the turn's Idempotency-Key
     acknowledged: bool = False
     at: float = 0.0  # time.monotonic() when the last attempt's reply ended (or failed)
+    first: float = 0.0  # time.monotonic() when its first attempt was sent
     attempts: int = 0
     replayed: bool = False  # acknowledged with the reply an earlier, unanswered attempt stored
 
@@ -107,6 +109,7 @@ class Pass:
     workers: int
     turns: list[Turn] = field(default_factory=list)
     failures: Counter[str] = field(default_factory=Counter)  # per failed attempt
+    failed_at: list[tuple[float, str]] = field(default_factory=list)  # (when, session id) of each failed attempt
     started: float = 0.0
     stopped: float = 0.0
     kills: list[float] = field(default_factory=list)  # monotonic time of each SIGKILL
@@ -216,7 +219,7 @@ async def deliver(
         payload["stream"] = True
     data = orjson.dumps(payload)
     headers = {**AUTH, "session-id": turn.session_id, "idempotency-key": turn.content}
-    first = time.monotonic()
+    first = turn.first = time.monotonic()
     while True:
         started = time.monotonic()
         problem, replayed = await attempt(http, url, headers, data, stream)
@@ -228,6 +231,7 @@ async def deliver(
             run.max_turn_s = max(run.max_turn_s, turn.at - first)
             return
         run.failures[problem] += 1
+        run.failed_at.append((turn.at, turn.session_id))
         if stop.is_set():
             return
         await asyncio.sleep(FAILURE_PAUSE_S)
@@ -331,30 +335,39 @@ async def verify(run: Pass, base_url: str) -> None:
                 run.unacknowledged_persisted += 1
 
 
+async def start_stack(
+    name: str, store_url: str, args: argparse.Namespace, work_dir: Path, log_dir: Path, started: list[servers.Server]
+) -> servers.Server:
+    """Start the scripted upstream and the proxy on ``store_url`` (each appended to ``started``); return the proxy."""
+    port = servers.free_port()
+    argv = [sys.executable, str(BENCH / "upstream.py"), "--port", str(port)]
+    upstream = await servers.start(f"upstream-{name}", argv, port, log_dir, lambda: servers.tcp_ready(port))
+    started.append(upstream)
+    config = work_dir / f"proxy-{name}.yaml"
+    # a turn cut by the kill leaves its session's lease in the AOF: the proxy releases it once redis is back
+    config.write_text(f"session_ttl: 1h\nlog_level: warning\nlease_ttl: {args.lease_ttl}s\n")
+    proxy_port = servers.free_port()
+    argv = [sys.executable, "-m", "statefulproxy", "--upstream", upstream.base_url, "--store", store_url]
+    argv += ["--port", str(proxy_port), "--config", str(config)]
+
+    async def proxy_ready() -> bool:
+        return await servers.http_status(proxy_port, "/readyz") == 200
+
+    proxy = await servers.start(f"proxy-{name}", argv, proxy_port, log_dir, proxy_ready)
+    started.append(proxy)
+    return proxy
+
+
 async def run_pass(fsync: str, args: argparse.Namespace, work_dir: Path, log_dir: Path) -> Pass:
     data_dir = work_dir / f"redis-{fsync}"
     data_dir.mkdir()
     redis = Redis(fsync, data_dir, log_dir)
     run = Pass(fsync=fsync, workers=args.workers)
-    upstream: servers.Server | None = None
-    proxy: servers.Server | None = None
+    started: list[servers.Server] = []
     try:
         await redis.start()
-        port = servers.free_port()
-        argv = [sys.executable, str(BENCH / "upstream.py"), "--port", str(port)]
-        upstream = await servers.start(f"upstream-{fsync}", argv, port, log_dir, lambda: servers.tcp_ready(port))
-        config = work_dir / f"proxy-{fsync}.yaml"
-        # a turn cut by the kill leaves its session's lease in the AOF: the proxy releases it once redis is back
-        config.write_text(f"session_ttl: 1h\nlog_level: warning\nlease_ttl: {args.lease_ttl}s\n")
-        proxy_port = servers.free_port()
-        argv = [sys.executable, "-m", "statefulproxy", "--upstream", upstream.base_url, "--store", redis.url]
-        argv += ["--port", str(proxy_port), "--config", str(config)]
-
-        async def proxy_ready() -> bool:
-            return await servers.http_status(proxy_port, "/readyz") == 200
-
-        proxy = await servers.start(f"proxy-{fsync}", argv, proxy_port, log_dir, proxy_ready)
-        progress(f"{fsync}: redis :{redis.port} (AOF appendfsync {fsync}), proxy :{proxy_port}, {run.workers} workers")
+        proxy = await start_stack(fsync, redis.url, args, work_dir, log_dir, started)
+        progress(f"{fsync}: redis :{redis.port} (AOF appendfsync {fsync}), proxy :{proxy.port}, {run.workers} workers")
         stop = asyncio.Event()
         run.started = time.monotonic()
         await asyncio.gather(
@@ -364,9 +377,8 @@ async def run_pass(fsync: str, args: argparse.Namespace, work_dir: Path, log_dir
         progress(f"  {fsync}: load stopped; reading {len({t.session_id for t in run.turns})} sessions back")
         await verify(run, proxy.base_url)
     finally:
-        for server in (proxy, upstream):
-            if server is not None:
-                servers.stop(server)
+        for server in reversed(started):
+            servers.stop(server)
         redis.stop()
     return run
 
@@ -385,27 +397,33 @@ def verdicts(run: Pass) -> list[str]:
     return problems
 
 
+TABLE_HEADER = [
+    "| appendfsync | workers | kills | run s | turns/s (before kill) | turns/s (whole run) | acknowledged "
+    "| persisted | lost acknowledged | expected loss | acked ≤ 1 s before a kill | failed attempts "
+    "| retried turns | answered by replay | in flight at stop | persisted unacknowledged | duplicated |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+]
+
+
+def table_row(run: Pass, label: str, expected: str, mark: str) -> str:
+    """One run's row of TABLE_HEADER; ``mark`` follows its lost count."""
+    failed = sum(run.failures.values())
+    duplicated = f"{run.duplicated}{' ✗' if run.duplicated else ' ✓'}"
+    return (
+        f"| {label} | {run.workers} | {len(run.kills)} | {run.duration_s:.1f} | {run.steady_rps():.0f} "
+        f"| {run.rps():.0f} | {len(run.acknowledged)} | {run.persisted} | {len(run.lost)}{mark} | {expected} "
+        f"| {run.acks_in_last_second_before_kills()} | {failed} | {run.retried()} | {run.replays()} "
+        f"| {len(run.in_flight)} | {run.unacknowledged_persisted} | {duplicated} |"
+    )
+
+
 def report(runs: list[Pass], args: argparse.Namespace) -> str:
     command = "python bench/durability.py" + (" --quick" if args.quick else "")
-    lines = [
-        f"#### Durability: `kill -9` of redis-server under load (`{command}`)",
-        "",
-        "| appendfsync | workers | kills | run s | turns/s (before kill) | turns/s (whole run) | acknowledged "
-        "| persisted | lost acknowledged | expected loss | acked ≤ 1 s before a kill | failed attempts "
-        "| retried turns | answered by replay | in flight at stop | persisted unacknowledged | duplicated |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    lines = [f"#### Durability: `kill -9` of redis-server under load (`{command}`)", "", *TABLE_HEADER]
     for run in runs:
         expected = "0" if run.fsync == "always" else "reported (≤ ~1 s of writes on an OS crash)"
         mark = (" ✗" if run.lost else " ✓") if run.fsync == "always" else ""
-        failed = sum(run.failures.values())
-        duplicated = f"{run.duplicated}{' ✗' if run.duplicated else ' ✓'}"
-        lines.append(
-            f"| {run.fsync} | {run.workers} | {len(run.kills)} | {run.duration_s:.1f} | {run.steady_rps():.0f} "
-            f"| {run.rps():.0f} | {len(run.acknowledged)} | {run.persisted} | {len(run.lost)}{mark} | {expected} "
-            f"| {run.acks_in_last_second_before_kills()} | {failed} | {run.retried()} | {run.replays()} "
-            f"| {len(run.in_flight)} | {run.unacknowledged_persisted} | {duplicated} |"
-        )
+        lines.append(table_row(run, run.fsync, expected, mark))
     lines += ["", "Notes:", ""]
     for run in runs:
         outages = ", ".join(f"{b - k:.2f}" for k, b in zip(run.kills, run.back, strict=True))
@@ -437,6 +455,10 @@ def report(runs: list[Pass], args: argparse.Namespace) -> str:
 
 
 async def main_async(args: argparse.Namespace) -> int:
+    if args.cluster:
+        import durability_cluster
+
+        return await durability_cluster.main_async(args)
     runs: list[Pass] = []
     with tempfile.TemporaryDirectory(prefix="statefulproxy-durability-") as tmp:
         work_dir = Path(tmp)
@@ -474,6 +496,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--fsync", default="everysec,always", help="comma-separated appendfsync policies (default everysec,always)"
     )
     parser.add_argument("--keep-logs", action="store_true", help="keep the servers' logs and print where")
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="Redis Cluster of 3 masters + 1 replica each: masters killed, replicas promoted (--fsync, --down unused)",
+    )
     args = parser.parse_args(argv)
     args.workers = args.workers or (8 if args.quick else 16)
     args.kills = args.kills if args.kills is not None else (1 if args.quick else 3)

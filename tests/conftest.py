@@ -5,6 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from harness.redis_cluster import RedisCluster
 from harness.redis_server import running_redis
 
 
@@ -25,3 +26,14 @@ def redis_url() -> Iterator[str]:
         return
     with running_redis() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A private 3-master Redis Cluster (no replicas) for this run, formed once.
+
+    Tests share it, so each must use its own key prefix, never FLUSHALL, and leave every slot
+    served (a test that moves a slot finishes the move).
+    """
+    with RedisCluster(masters=3) as cluster:
+        yield cluster

@@ -11,9 +11,9 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
-def run_script(name: str) -> subprocess.CompletedProcess[str]:
+def run_script(name: str, *options: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(BENCH / name), "--quick"],
+        [sys.executable, str(BENCH / name), "--quick", *options],
         capture_output=True,
         text=True,
         timeout=180,
@@ -35,6 +35,23 @@ def test_durability_quick_loses_no_acknowledged_turn_with_always() -> None:
     assert acknowledged > 0
     assert persisted == acknowledged
     assert always[header.index("lost acknowledged")].startswith("0")
+
+
+@pytest.mark.slow
+def test_durability_quick_cluster_failover_loses_and_duplicates_no_acknowledged_turn() -> None:
+    result = run_script("durability.py", "--cluster")
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {line.split("|")[1].strip(): line.split("|") for line in result.stdout.splitlines() if line.count("|") > 10}
+    assert set(rows) == {"appendfsync", "---", "cluster/always"}, result.stdout
+    header = [cell.strip() for cell in rows["appendfsync"]]
+    cluster = [cell.strip() for cell in rows["cluster/always"]]
+    assert int(cluster[header.index("kills")]) == 1
+    acknowledged = int(cluster[header.index("acknowledged")])
+    assert acknowledged > 0
+    assert int(cluster[header.index("persisted")]) == acknowledged
+    assert cluster[header.index("lost acknowledged")].split()[0] == "0"
+    assert cluster[header.index("duplicated")].split()[0] == "0"
+    assert "replica promoted and cluster ok" in result.stdout
 
 
 @pytest.mark.slow

@@ -300,3 +300,20 @@ def child_pids(pid: int) -> list[int]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         found += [int(child) for child in (task / "children").read_text().split()]
     return [child for child in found if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()]
+
+
+def test_a_refused_store_password_is_one_line_and_status_2() -> None:
+    import redis
+
+    from harness.redis_server import running_redis
+
+    with running_redis() as url:
+        with redis.Redis.from_url(url) as admin:
+            admin.config_set("requirepass", "right-password")
+        wrong = url.replace("redis://", "redis://:wrong-password@")
+        result = run_cli("--upstream", "http://x", "--store", wrong)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("statefulproxy: error: store: Redis refused the credentials")
+    assert "wrong-password" not in result.stderr

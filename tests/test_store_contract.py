@@ -9,7 +9,7 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import orjson
@@ -49,10 +49,15 @@ class FakeClock:
 
 
 class StoreFactory:
-    """Builds stores of one backend for one test, all under one fresh key prefix."""
+    """Builds stores of one backend for one test, all under one fresh key prefix.
+
+    ``backend`` is "memory" or "redis"; a Redis Cluster is "redis" with ``cluster`` set, so
+    that every Redis assertion of the suites (keys, TTLs) runs on the cluster too.
+    """
 
     def __init__(self, backend: str, url: str) -> None:
-        self.backend = backend
+        self.cluster = backend == "cluster"
+        self.backend = "redis" if self.cluster else backend
         self.url = url
         self.prefix = f"sptest-{uuid.uuid4().hex}"
         self.clock = FakeClock()
@@ -66,9 +71,14 @@ class StoreFactory:
 
     @property
     def diagnostics(self) -> redis.asyncio.Redis:
-        """A redis-py client on the same server, to look at keys from outside the store."""
+        """A redis-py client on the same server (cluster), to look at keys from outside the store."""
         if self._diagnostics is None:
-            self._diagnostics = redis.asyncio.Redis.from_url(self.url)
+            if self.cluster:  # redis-py's cluster client routes keys and scans every master
+                host, _, port = self.url.removeprefix("redis+cluster://").split(",")[0].rpartition(":")
+                cluster = redis.asyncio.RedisCluster(host=host, port=int(port))
+                self._diagnostics = cast(redis.asyncio.Redis, cluster)  # the same calls, for these tests
+            else:
+                self._diagnostics = redis.asyncio.Redis.from_url(self.url)
         return self._diagnostics
 
     def redis(self, store: Store) -> RedisStore:
@@ -89,14 +99,16 @@ class StoreFactory:
         return {key: await client.pttl(key) for key in await self.session_keys(store)}
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
 @pytest.fixture
 def store_url(backend: str, request: pytest.FixtureRequest) -> str:
-    # Only the redis runs need (and start) the server.
+    # Only the redis runs need (and start) the server, only the cluster runs the cluster.
+    if backend == "cluster":
+        return str(request.getfixturevalue("redis_cluster").url)
     return "memory://" if backend == "memory" else str(request.getfixturevalue("redis_url"))
 
 
@@ -460,7 +472,7 @@ async def test_memory_without_ttl_never_expires(make_store: StoreFactory) -> Non
     assert await history(store) == ["u1"]
 
 
-@pytest.mark.parametrize("backend", ["redis"])
+@pytest.mark.parametrize("backend", ["redis", "cluster"])
 async def test_redis_ttl_is_set_and_refreshed_on_both_keys(make_store: StoreFactory) -> None:
     store = make_store(ttl=100)
     client = make_store.diagnostics
@@ -488,7 +500,7 @@ async def test_redis_ttl_is_set_and_refreshed_on_both_keys(make_store: StoreFact
     assert [ttl > 90_000 for ttl in empty_ttls.values()] == [True]  # meta only: an empty list is no key
 
 
-@pytest.mark.parametrize("backend", ["redis"])
+@pytest.mark.parametrize("backend", ["redis", "cluster"])
 async def test_redis_session_disappears_after_real_idle_ttl(make_store: StoreFactory) -> None:
     store = make_store(ttl=0.3)
     await store.commit(SCOPE, "s1", turn("u1", "a1", create=NewSession()))
@@ -503,7 +515,7 @@ async def test_redis_session_disappears_after_real_idle_ttl(make_store: StoreFac
     assert await make_store.session_keys(store) == []
 
 
-@pytest.mark.parametrize("backend", ["redis"])
+@pytest.mark.parametrize("backend", ["redis", "cluster"])
 async def test_redis_without_ttl_keys_persist(make_store: StoreFactory) -> None:
     store = make_store(ttl=None)
     await store.commit(SCOPE, "s1", turn("u1", create=NewSession()))
@@ -511,7 +523,7 @@ async def test_redis_without_ttl_keys_persist(make_store: StoreFactory) -> None:
     assert list((await make_store.pttls(store)).values()) == [-1, -1]
 
 
-@pytest.mark.parametrize("backend", ["redis"])
+@pytest.mark.parametrize("backend", ["redis", "cluster"])
 async def test_redis_keys_are_hashed_and_share_one_hash_tag(make_store: StoreFactory) -> None:
     store = make_store()
     scope, session_id = "scope-raw-visible", "conversation-id-raw-visible"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import functools
 import os
 import sys
@@ -10,8 +11,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, get_args
 
 from statefulproxy import __version__
-from statefulproxy.errors import ConfigError
+from statefulproxy.errors import ConfigError, StoreError
 from statefulproxy.settings import LogLevel, Settings, load_settings
+from statefulproxy.stores import store_from_url
 
 Runner = Callable[[Settings], None]
 
@@ -66,10 +68,30 @@ def main(argv: Sequence[str] | None = None, *, run: Runner | None = None) -> int
             raise ConfigError(
                 f"workers: {settings.workers} workers need a shared store (redis://...); memory:// lives in one process"
             )
+        if run is None:
+            check_store_credentials(settings)
         (run or functools.partial(serve, cli=cli))(settings)
     except ConfigError as exc:
         return _fail(str(exc))
     return 0
+
+
+def check_store_credentials(settings: Settings) -> None:
+    """ConfigError if the store refuses the configured credentials. A store that is down is no
+    error here: the proxy starts, ``/readyz`` says 503 and the client reconnects by itself."""
+    if settings.store.startswith("memory:"):
+        return
+    store = store_from_url(settings.store, ttl=settings.session_ttl, timeout=settings.store_timeout)
+
+    async def check() -> None:
+        try:
+            await store.open()
+        except StoreError:
+            pass
+        finally:
+            await store.aclose()
+
+    asyncio.run(check())
 
 
 def serve(settings: Settings, cli: dict[str, Any] | None = None) -> None:

@@ -59,7 +59,8 @@ def store_from_url(
     key_prefix: str = "sp",
     timeout: float = 5.0,
 ) -> Store:
-    """The store a ``--store`` URL names: ``memory://``, ``redis://`` or ``rediss://``.
+    """The store a ``--store`` URL names: ``memory://``, ``redis://``, ``rediss://``, ``unix://``,
+    ``redis+cluster://host:port[,host:port...]`` or ``redis+sentinel://host:port[,...]/service[/db]``.
 
     ``ttl`` is the inactivity TTL in seconds (None: never expire); ``timeout`` how long
     a Redis command may go unanswered before it fails. Nothing connects here; call
@@ -72,12 +73,12 @@ def store_from_url(
         raise ConfigError(f"store: timeout must be a positive number of seconds, not {timeout!r}")
     if scheme == "memory":
         return MemoryStore(ttl=ttl, clock=clock)
-    if scheme in ("redis", "rediss"):
+    if scheme in ("redis", "rediss", "unix", "redis+cluster", "redis+sentinel"):
         # Imported here so that running with memory:// never imports redis.
         from .redis import RedisStore
 
         try:
             return RedisStore(url, ttl=ttl, clock=clock, key_prefix=key_prefix, timeout=timeout)
         except ValueError as exc:
-            raise ConfigError(f"store: invalid redis URL: {exc}") from exc
+            raise ConfigError(f"store: invalid {scheme} URL: {exc}") from exc
     raise ConfigError(f"store: unknown scheme {scheme!r} (use memory:// or redis://...)")

@@ -13,6 +13,12 @@ first and the session second, pipelined in one round trip: an entry without a se
 dropped at list time, a session without an entry would be invisible. Index and seq keys
 have no TTL (an index must never expire before a session it lists): entries of sessions
 gone idle are dropped when a listing reaches them.
+
+The URL picks the client: one node, a Redis Cluster (stores/cluster.py) or Sentinel's master
+(stores/sentinel.py). On a Cluster each owner's whole index (and seq) is on one slot, and
+each session on its own: no pipeline orders the two, so creating awaits the index write
+before writing the session (a round trip more, on creation only) and deleting awaits the
+session's deletion before unlisting it; through Sentinel too, as a retry may overtake.
 """
 
 from __future__ import annotations
@@ -20,15 +26,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Literal, cast
 
 import orjson
-from redis.asyncio.connection import SSLConnection, parse_url
 
-from ..errors import ConfigError, SessionBusy
+from ..errors import ConfigError, SessionBusy, StoreError
 from . import redis_scripts as lua
 from .base import (
     UNCHANGED,
@@ -43,6 +47,8 @@ from .base import (
     TurnWrite,
     Unchanged,
 )
+from .cluster import ClusterClient, cluster_from_url
+from .redis_address import address_from_url
 from .redis_codec import (
     NO_NEW_FIELDS,
     USAGE,
@@ -55,7 +61,8 @@ from .redis_codec import (
     session_record,
     translate_errors,
 )
-from .resp import RespAddress, RespClient, RespError, Script
+from .resp import RespAddress, RespAuthError, RespClient, RespError, Script
+from .sentinel import SentinelClient, sentinel_from_url
 
 _BATCH = 100  # index entries read per listing round trip, once the first batch is not enough
 
@@ -63,7 +70,8 @@ _BATCH = 100  # index entries read per listing round trip, once the first batch 
 class RedisStore:
     """Sessions in Redis, shared by every proxy replica pointed at it.
 
-    ``url`` is a ``redis://`` or ``rediss://`` URL as redis-py parses it. Nothing
+    ``url`` is a ``redis://`` or ``rediss://`` URL as redis-py parses it, or a
+    ``redis+cluster://`` or ``redis+sentinel://`` one (CONTRACT.md section 2). Nothing
     connects before ``open()`` or the first call. ``ttl`` is the inactivity TTL in
     seconds (None: keys never expire); ``clock`` returns unix seconds; a command
     unanswered for ``timeout`` seconds fails with StoreError (connecting: at most 2 s).
@@ -83,7 +91,9 @@ class RedisStore:
         key_prefix: str = "sp",
         timeout: float = 5.0,
     ) -> None:
-        self._client = RespClient(address_from_url(url), connect_timeout=min(timeout, 2.0), timeout=timeout)
+        self._client = client_from_url(url, connect_timeout=min(timeout, 2.0), timeout=timeout)
+        # one node: commands started in one loop iteration go out in order on one connection (resp.py)
+        self._pipelined = isinstance(self._client, RespClient)
         self._ttl_ms = 0 if ttl is None else max(round(ttl * 1000), 1)
         self._clock = clock
         self._prefix = key_prefix
@@ -102,9 +112,15 @@ class RedisStore:
         return self._client.address
 
     async def open(self) -> None:
-        """Check that Redis answers and preload the scripts; StoreError if it does not."""
-        with translate_errors("open"):
-            await asyncio.gather(*(self._client.execute(b"SCRIPT", b"LOAD", s.source) for s in self._scripts))
+        """Check that Redis answers and preload the scripts; StoreError if it does not, ConfigError if it
+        refuses the credentials (a mistake in the settings, not an outage)."""
+        try:
+            with translate_errors("open"):
+                await asyncio.gather(*(self._client.execute(b"SCRIPT", b"LOAD", s.source) for s in self._scripts))
+        except StoreError as exc:
+            if isinstance(exc.__cause__, RespAuthError):
+                raise ConfigError(f"store: Redis refused the credentials ({exc.__cause__})") from None
+            raise
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -298,7 +314,7 @@ class RedisStore:
         deleted = self._client.run_script(self._delete, self._keys(owner, session_id), ())
         unlisted = self._client.execute(b"ZREM", self._index_keys(owner)[0], session_id)
         with translate_errors("delete"):
-            existed, _ = await asyncio.gather(deleted, unlisted)
+            existed, _ = await self._in_order(deleted, unlisted)
         return bool(existed)
 
     async def renew_lease(self, owner: str, session_id: str, lease: Lease) -> bool:
@@ -334,13 +350,24 @@ class RedisStore:
             return await self._client.run_script(script, self._keys(owner, session_id), args)
 
     async def _index_then(self, operation: str, owner: str, session_id: str, write: Any) -> tuple[bool, Any]:
-        """List ``session_id`` in the owner's index, then run ``write``: one pipelined round trip."""
-        # RespClient writes each command as its task starts, and gather starts them in order.
+        """List ``session_id`` in the owner's index, then run ``write`` (one round trip on one node)."""
         index, seq = self._index_keys(owner)
         listed = self._client.execute(b"EVAL", self._index_add, 2, index, seq, session_id, b"0")
         with translate_errors(operation):
-            added, result = await asyncio.gather(listed, write)
+            added, result = await self._in_order(listed, write)
         return bool(added), result
+
+    async def _in_order(self, first: Coroutine[Any, Any, Any], then: Coroutine[Any, Any, Any]) -> tuple[Any, Any]:
+        """Both results, ``first`` run before ``then``: pipelined on one connection, else awaited first."""
+        if self._pipelined:  # RespClient writes each command as its task starts, and gather starts them in order
+            done, result = await asyncio.gather(first, then)
+            return done, result
+        try:
+            done = await first
+        except BaseException:
+            then.close()  # never sent
+            raise
+        return done, await then
 
     async def _relist(self, owner: str, session_id: str, listed: bool) -> None:
         # Created, but its id was listed already: a dead namesake's entry. Move it to the newest.
@@ -357,23 +384,11 @@ def _has(fields: dict[str, str], wanted: dict[str, str] | None) -> bool:
     return not wanted or all(fields.get(key) == value for key, value in wanted.items())
 
 
-def address_from_url(url: str) -> RespAddress:
-    """Where a ``redis://`` / ``rediss://`` URL points, read as redis-py reads it."""
-    try:
-        options: dict[str, Any] = dict(parse_url(url))
-    except ValueError as exc:
-        raise ConfigError(f"store: invalid redis URL: {exc}") from exc
-    context = None
-    if options.get("connection_class") is SSLConnection:
-        context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
-        if options.get("ssl_cert_reqs") in ("none", "optional"):
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE if options["ssl_cert_reqs"] == "none" else ssl.CERT_OPTIONAL
-    return RespAddress(
-        host=options.get("host", "127.0.0.1"),
-        port=int(options.get("port", 6379)),
-        db=int(options.get("db", 0)),
-        username=options.get("username"),
-        password=options.get("password"),
-        ssl=context,
-    )
+def client_from_url(url: str, *, connect_timeout: float, timeout: float) -> RespClient | ClusterClient | SentinelClient:
+    """The client a store URL names: one node, a Redis Cluster, or the master Sentinel names."""
+    scheme = url.partition("://")[0].lower()
+    if scheme == "redis+cluster":
+        return cluster_from_url(url, connect_timeout=connect_timeout, timeout=timeout)
+    if scheme == "redis+sentinel":
+        return sentinel_from_url(url, connect_timeout=connect_timeout, timeout=timeout)
+    return RespClient(address_from_url(url), connect_timeout=connect_timeout, timeout=timeout)
