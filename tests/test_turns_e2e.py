@@ -51,9 +51,10 @@ def proxy_processes(count: int, upstream_url: str, store_url: str) -> Iterator[l
     ]
     try:
         urls = [f"http://127.0.0.1:{port}" for port in ports]
-        deadline = time.monotonic() + 20
-        for url in urls:
+        deadline = time.monotonic() + 60  # a loaded 2-core machine starts Python slowly
+        for url, process in zip(urls, processes, strict=True):
             while True:
+                assert process.poll() is None, "a proxy process exited"
                 with contextlib.suppress(httpx2.TransportError):
                     if httpx2.get(url + "/healthz").status_code == 200:
                         break
@@ -279,3 +280,25 @@ def test_a_queued_turn_whose_client_left_never_reaches_the_upstream(redis_url: s
             with stack.http() as http:  # the session is free again, and takes the next turn at once
                 assert http.post("/v1/chat/completions", json=body, headers={"session-id": "q"}).status_code == 200
             assert len(stack.upstream.chat_requests) == 2
+
+
+def test_two_proxy_processes_alternate_turns_on_a_redis_cluster(redis_cluster: Any) -> None:
+    # issue 9: replicas are stateless; a turn through one is seen at once through the other
+    upstream = ScriptedUpstream()
+    with serve(upstream, loop="uvloop") as upstream_url, proxy_processes(2, upstream_url, redis_cluster.url) as urls:
+        sessions = [f"alt-{random.randrange(1 << 30)}-{index}" for index in range(6)]  # spread over the masters
+        clients = [httpx2.Client(base_url=url, timeout=10, headers={"authorization": "Bearer k"}) for url in urls]
+        try:
+            for turn in range(4):
+                for session_id in sessions:
+                    http = clients[turn % 2]
+                    body = {"model": "m", "messages": [{"role": "user", "content": f"{session_id} {turn}"}]}
+                    response = http.post("/v1/chat/completions", json=body, headers={"session-id": session_id})
+                    assert response.status_code == 200, response.text
+                    sent = upstream.chat_requests[-1].json["messages"]
+                    assert [m["content"] for m in sent if m["role"] == "user"] == [
+                        f"{session_id} {earlier}" for earlier in range(turn + 1)
+                    ]
+        finally:
+            for client in clients:
+                client.close()
