@@ -89,10 +89,21 @@ def log_tail(path: Path | None, lines: int = 3) -> str:
     return " | ".join(line.strip() for line in text[-lines:])
 
 
+# the benches drive thousands of sessions under one credential: no per-owner cap, unless asked for
+BENCH_ENV = {"STATEFULPROXY_MAX_SESSIONS_PER_OWNER": "0"}
+
+
 def spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    env = {**BENCH_ENV, **os.environ}
     with log_path.open("wb") as log:
         return subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, preexec_fn=_die_with_parent
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=env,
+            preexec_fn=_die_with_parent,
         )
 
 

@@ -18,6 +18,7 @@ LAYERS = {
     "dialects.gemini_stream": 2, "dialects.gemini": 3, "dialects": 5,
     "stores.base": 0, "stores.resp": 0, "stores.redis_scripts": 0, "stores.memory_session": 1, "stores.redis_codec": 1,
     "stores.redis_address": 1, "stores.redis_topology": 1, "stores.cluster": 2, "stores.sentinel": 2,
+    "stores.limits": 1, "stores.redis_history": 1, "stores.redis_index": 2, "stores.redis_secret": 2,
     "sessions": 1, "sessions.window": 0, "sessions.messages": 2, "sessions.identity": 2, "sessions.splice": 3,
     "sessions.idempotency": 3, "sessions.turn_writes": 4, "sessions.retries": 4,
     # adapters

@@ -542,8 +542,8 @@ async def test_redis_keys_are_hashed_and_share_one_hash_tag(make_store: StoreFac
     prefix = make_store.prefix
     assert keys == sorted(
         [
-            *(f"{prefix}:{{{digest}}}:{name}" for name in ("meta", "msgs", "window")),  # one slot per session
-            *(f"{prefix}:{{{other}}}:{name}" for name in ("meta", "msgs")),
+            *(f"{prefix}:{{{digest}}}:{name}" for name in ("meta", "msgs", "window", "ids")),  # one slot per session
+            *(f"{prefix}:{{{other}}}:{name}" for name in ("meta", "msgs", "ids")),
             *(f"{prefix}:{{i{d}}}:{name}" for d in (scope_digest, other_digest) for name in ("index", "seq")),
             f"{prefix}:cs:{'ab' * 32}",
         ]

@@ -472,13 +472,13 @@ async def test_client_secrets_open_one_session_until_they_expire(make_store: Sto
     store = make_store(ttl=3600)
     await store.put_client_secret("f" * 64, SCOPE, "s1", 120)
     await store.put_client_secret("e" * 64, "scope-b", "s2", 0.2)
-    assert await store.client_secret("f" * 64) == (SCOPE, "s1")
-    assert await store.client_secret("e" * 64) == ("scope-b", "s2")
+    assert await store.client_secret("f" * 64) == (SCOPE, "s1", b"")
+    assert await store.client_secret("e" * 64) == ("scope-b", "s2", b"")
     assert await store.client_secret("0" * 64) is None
 
     if make_store.backend == "memory":
         make_store.clock.advance(119.5)
-        assert await store.client_secret("f" * 64) == (SCOPE, "s1")
+        assert await store.client_secret("f" * 64) == (SCOPE, "s1", b"")
         make_store.clock.advance(0.5)
         assert await store.client_secret("f" * 64) is None
         assert await store.client_secret("e" * 64) is None
@@ -488,7 +488,7 @@ async def test_client_secrets_open_one_session_until_they_expire(make_store: Sto
     while await store.client_secret("e" * 64) is not None:  # Redis expires it in real time
         assert time.monotonic() < deadline, "the secret outlived its 0.2 s TTL"
         await anyio.sleep(0.02)
-    assert await store.client_secret("f" * 64) == (SCOPE, "s1")
+    assert await store.client_secret("f" * 64) == (SCOPE, "s1", b"")
 
 
 @pytest.mark.parametrize("backend", ["memory"])
@@ -512,8 +512,9 @@ async def test_redis_writes_index_and_session_in_one_round_trip(
     store = make_store(ttl=3600)
     await store.open()  # connected, scripts loaded
 
-    assert await trace(lambda: store.create(SCOPE, "s1", NewSession())) == ["EVAL", "EVALSHA"]
-    assert await trace(lambda: store.commit(SCOPE, "s2", turn("u1", create=NewSession()))) == ["EVAL", "EVALSHA"]
+    # one script lists the session, checks the owner's cap and writes the session
+    assert await trace(lambda: store.create(SCOPE, "s1", NewSession())) == ["EVALSHA"]
+    assert await trace(lambda: store.commit(SCOPE, "s2", turn("u1", create=NewSession()))) == ["EVALSHA"]
     assert await trace(lambda: store.commit(SCOPE, "s2", turn("u2"))) == ["EVALSHA"]  # a plain turn: no index
     assert await trace(lambda: store.load(SCOPE, "s2")) == ["EVALSHA"]
     assert await trace(lambda: store.delete(SCOPE, "s2")) == ["EVALSHA", "ZREM"]

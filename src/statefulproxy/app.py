@@ -13,7 +13,7 @@ from .asgi.replies import send_error, send_failure, send_object
 from .errors import ClientError, ConfigError, StoreError
 from .routes import CHAT_DIALECT_KEY, ROUTE_KEY, match_route
 from .settings import CLIENT_TIMEOUTS_STATE, Settings, load_settings
-from .stores import Store, store_from_url
+from .stores import MemoryStore, Store, store_from_url
 from .types import Receive, Scope, Send
 from .upstream import UpstreamClient, UpstreamTimeouts
 
@@ -43,6 +43,8 @@ class ProxyApp:
                 ttl=settings.session_ttl,
                 timeout=settings.store_timeout,
                 key_prefix=settings.store_prefix,
+                max_sessions_per_owner=settings.max_sessions_per_owner,
+                memory_max_sessions=settings.memory_max_sessions,
             )
         )
         self.sessions = SessionMiddleware(PassthroughApp(self.upstream), self.store, settings=settings)
@@ -104,6 +106,11 @@ class ProxyApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                if self.settings.scope_secret is None and not isinstance(self.store, MemoryStore):
+                    logger.warning(
+                        "scope_secret is not set: owners are keyed by a secret kept in the shared store, and "
+                        "sessions are orphaned if the store loses it; set scope_secret on every replica"
+                    )
                 try:
                     await self.upstream.open()
                     await self.store.open()

@@ -75,6 +75,10 @@ class Settings:
     simple_chat_prefix: str | None = None
     max_history_messages: int = 0
     max_history_tokens: int = 0
+    max_session_messages: int = 10_000
+    max_splice_bytes: int = 32 * 1024 * 1024
+    max_sessions_per_owner: int = 1000
+    memory_max_sessions: int = 100_000
     scope_secret: str | None = None
     require_credential: bool = False
     upstream_api_key: str | None = None
@@ -251,6 +255,10 @@ _PARSERS: Final[Mapping[str, Callable[[Any], Any]]] = MappingProxyType(
         "simple_chat_prefix": values.optional(values.prefix(allow_empty=False)),
         "max_history_messages": values.integer(0, None),
         "max_history_tokens": values.integer(0, None),
+        "max_session_messages": values.integer(0, None),
+        "max_splice_bytes": values.size,
+        "max_sessions_per_owner": values.integer(0, None),
+        "memory_max_sessions": values.integer(0, None),
         "scope_secret": values.secret,
         "require_credential": values.boolean,
         "upstream_api_key": values.secret,

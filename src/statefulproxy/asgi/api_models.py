@@ -52,6 +52,17 @@ class UpdateRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class MessagesQuery:
+    """A message listing's query: ``after`` / ``before`` are message ids, ``page`` counts pages of ``limit``."""
+
+    limit: int
+    order: Order
+    page: int
+    after: str | None
+    before: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class ListQuery:
     limit: int
     order: Order
@@ -98,11 +109,6 @@ def message_object(message: StoredMessage) -> dict[str, Any]:
         if info.get(kept):
             out[kept] = info[kept]
     return out
-
-
-def message_id(message: StoredMessage) -> str:
-    value: str = orjson.loads(message.info)["id"]
-    return value
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -174,6 +180,8 @@ def parse_list_query(query: Sequence[tuple[str, str]]) -> ListQuery:
     metadata: dict[str, str] = {}
     for key, value in query:
         if key.startswith("metadata[") and key.endswith("]"):
+            if key == "metadata[]":
+                raise ClientError(400, "'metadata[KEY]=VALUE' filters need a key.", param="metadata")
             metadata[key[len("metadata[") : -1]] = value
         else:
             params[key] = value
@@ -192,20 +200,59 @@ def parse_list_query(query: Sequence[tuple[str, str]]) -> ListQuery:
 
 def paginate(items: Sequence[dict[str, Any]], query: Mapping[str, str]) -> dict[str, Any]:
     """An OpenAI list envelope over ``items`` (oldest first) per limit/order/after/before/page."""
-    limit = int_param(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-    ordered = list(items) if order_param(query, "asc") == "asc" else list(reversed(items))
-    start, end = 0, len(ordered)
-    if "page" in query:
-        start = int_param(query, "page", 0, 0, 1 << 31) * limit
-    if "after" in query:
-        start = _index_of(ordered, query["after"], "after") + 1
-    if "before" in query:
-        end = _index_of(ordered, query["before"], "before")
-        start = max(start, end - limit) if "after" not in query else start
-    page = ordered[start : min(end, start + limit)]
-    # paging backwards (`before` alone), "more" lies before the page
-    has_more = start > 0 if "before" in query and "after" not in query else start + len(page) < end
+    parsed = parse_messages_query(query)
+    ids = [item["id"] for item in items]
+
+    def position(cursor: str | None, param: str) -> int | None:
+        if cursor is not None and cursor not in ids:
+            raise no_cursor(cursor, param)
+        return None if cursor is None else ids.index(cursor)
+
+    start, stop, has_more = page_slice(
+        parsed, len(items), position(parsed.after, "after"), position(parsed.before, "before")
+    )
+    page = list(items[start:stop])
+    if parsed.order == "desc":
+        page.reverse()
     return list_envelope(page, has_more)
+
+
+def parse_messages_query(query: Mapping[str, str]) -> MessagesQuery:
+    limit = int_param(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    order = order_param(query, "asc")
+    page = int_param(query, "page", 0, 0, 1 << 31) if "page" in query else 0
+    return MessagesQuery(limit, order, page, query.get("after"), query.get("before"))
+
+
+def page_slice(query: MessagesQuery, total: int, after_at: int | None, before_at: int | None) -> tuple[int, int, bool]:
+    """The page as ``history[start:stop]`` (oldest first: reversed for ``desc``) and whether more follow,
+    given the history's length and the cursors' positions in it.
+
+    In listing order the page starts at ``page * limit``, or just after ``after``, and ends before
+    ``before``; ``before`` alone pages backwards (the ``limit`` items closest to it), and then "more"
+    lies before the page.
+    """
+
+    def in_order(position: int) -> int:
+        return position if query.order == "asc" else total - 1 - position
+
+    start, end = query.page * query.limit, total
+    if after_at is not None:
+        start = in_order(after_at) + 1
+    if before_at is not None:
+        end = in_order(before_at)
+        if after_at is None:
+            start = max(start, end - query.limit)
+    first = min(start, total)
+    count = max(min(end, start + query.limit, total) - first, 0)
+    has_more = start > 0 if before_at is not None and after_at is None else start + count < end
+    if query.order == "asc":
+        return first, first + count, has_more
+    return total - first - count, total - first, has_more
+
+
+def no_cursor(item_id: str, param: str) -> ClientError:
+    return ClientError(400, f"No message with id '{item_id}' to page from.", param=param)
 
 
 def list_envelope(page: Sequence[dict[str, Any]], has_more: bool) -> dict[str, Any]:
@@ -232,13 +279,6 @@ def order_param(query: Mapping[str, str], default: Order) -> Order:
     if order not in ("asc", "desc"):
         raise ClientError(400, "'order' must be 'asc' or 'desc'.", param="order")
     return cast(Order, order)
-
-
-def _index_of(items: Sequence[dict[str, Any]], item_id: str, param: str) -> int:
-    for index, item in enumerate(items):
-        if item["id"] == item_id:
-            return index
-    raise ClientError(400, f"No message with id '{item_id}' to page from.", param=param)
 
 
 def _cursor(params: Mapping[str, str], name: str) -> str | None:

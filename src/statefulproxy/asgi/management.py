@@ -4,32 +4,38 @@ A session of another credential is a 404 exactly like one that does not exist. A
 authenticated by a session's client secret (a ``Grant``) may read that one session only.
 Served for a namespace (a path prefix such as ``/document/d1``), it sees that namespace's
 sessions only: any other session is a 404 too.
+
+A page of messages reads only that page from the store (a cursor's position comes from the
+store's index of message ids), so paging a long session costs what the page costs; a page of
+unusually large messages is parsed in a thread, off the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl
 
 from ..dialects.base import SYSTEM_ROLES
 from ..errors import ClientError, StoreError
 from ..sessions.identity import SESSION_ID_PATTERN, Grant, client_secret_hash, mint_client_secret, mint_session_id
-from ..stores.base import NewSession, SessionRecord, Store
+from ..stores.base import NewSession, SessionRecord, Store, StoredMessage
 from ..types import Receive, Scope, Send
 from .api_models import (
     list_envelope,
-    message_id,
     message_object,
-    paginate,
+    no_cursor,
+    page_slice,
     parse_body,
     parse_create,
     parse_fork,
     parse_list_query,
+    parse_messages_query,
     parse_update,
     session_object,
 )
@@ -40,6 +46,8 @@ logger = logging.getLogger("statefulproxy")
 
 _SESSION_ROUTE = re.compile(r"/(?P<id>[^/]+)(?P<action>/messages|/end|/cancel|/fork)?/?")
 MAX_MANAGEMENT_BODY = 1024 * 1024
+# a page of messages bigger than this is parsed in a thread, not on the event loop
+PARSE_IN_THREAD_BYTES = 1024 * 1024
 
 
 class ManagementAPI:
@@ -145,9 +153,7 @@ class ManagementAPI:
             return 200, {"id": session_id, "object": "session.deleted", "deleted": True}
         if action == "/messages":
             if method == "GET":
-                messages = _found(await store.messages(owner, session_id), session_id)
-                query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
-                return 200, paginate([message_object(m) for m in messages], query)
+                return 200, await self._messages(owner, session_id, scope["query_string"])
             _writable(known or _found(await store.get(owner, session_id), session_id))
             return 200, session_object(_found(await store.clear(owner, session_id), session_id))
         if action == "/fork":
@@ -199,15 +205,42 @@ class ManagementAPI:
         records, has_more = page
         return 200, list_envelope([session_object(record) for record in records], has_more)
 
+    async def _messages(self, owner: str, session_id: str, query_string: bytes) -> dict[str, Any]:
+        """One page of the history: the cursors found in the store's id index, then only the page read."""
+        query = parse_messages_query(dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)))
+        store = self.store
+        if query.after is None and query.before is None:  # one read: desc pages count back from the end
+            start = query.page * query.limit
+            bounds = (start, start + query.limit) if query.order == "asc" else (-start - query.limit, -start or None)
+            page = _found(await store.messages_page(owner, session_id, *bounds), session_id)
+            messages, has_more = page.messages, start + len(page.messages) < page.total
+        else:
+            cursors = [cursor for cursor in (query.after, query.before) if cursor is not None]
+            positions, total = _found(await store.message_positions(owner, session_id, cursors), session_id)
+            found = iter(positions)
+            after_at = None if query.after is None else next(found)
+            before_at = None if query.before is None else next(found)
+            for cursor, at, param in ((query.after, after_at, "after"), (query.before, before_at, "before")):
+                if cursor is not None and at is None:
+                    raise no_cursor(cursor, param)
+            start, stop, has_more = page_slice(query, total, after_at, before_at)
+            messages = []
+            if stop > start:
+                messages = _found(await store.messages_page(owner, session_id, start, stop), session_id).messages
+        if query.order == "desc":
+            messages.reverse()
+        return list_envelope(await _message_objects(messages), has_more)
+
     async def _fork(self, owner: str, session_id: str, raw: bytes, source: SessionRecord | None) -> dict[str, Any]:
         up_to, title = parse_fork(parse_body(raw))
         source = source or _found(await self.store.get(owner, session_id), session_id)
-        messages = _found(await self.store.messages(owner, session_id), session_id)
-        if up_to is not None:
-            ids = [message_id(message) for message in messages]
-            if up_to not in ids:
+        if up_to is None:
+            messages = _found(await self.store.messages(owner, session_id), session_id)
+        else:
+            (at,), _ = _found(await self.store.message_positions(owner, session_id, [up_to]), session_id)
+            if at is None:
                 raise ClientError(400, f"No message with id '{up_to}' in this session.", param="up_to_message_id")
-            messages = messages[: ids.index(up_to) + 1]
+            messages = _found(await self.store.messages_page(owner, session_id, 0, at + 1), session_id).messages
         leading = 0
         for message in messages:
             if message_object(message)["role"] not in SYSTEM_ROLES:
@@ -228,6 +261,12 @@ class ManagementAPI:
             if record is not None:
                 return record
         raise StoreError("could not mint a free session id")
+
+
+async def _message_objects(messages: Sequence[StoredMessage]) -> list[dict[str, Any]]:
+    if sum(len(message.replay) + len(message.info) for message in messages) > PARSE_IN_THREAD_BYTES:
+        return await asyncio.to_thread(lambda: [message_object(message) for message in messages])
+    return [message_object(message) for message in messages]
 
 
 async def _read_body(receive: Receive) -> bytes:

@@ -60,6 +60,8 @@ class SessionMiddleware:
                 ttl=settings.session_ttl,
                 timeout=settings.store_timeout,
                 key_prefix=settings.store_prefix,
+                max_sessions_per_owner=settings.max_sessions_per_owner,
+                memory_max_sessions=settings.memory_max_sessions,
             )
             if isinstance(store, str)
             else store
@@ -128,9 +130,8 @@ class SessionMiddleware:
             await send_error(send, ClientError(403, message, type="permission_error", code="client_secret_scope"))
 
     async def owner_secret(self) -> bytes:
-        if self._secret is None:
-            self._secret = await self.store.owner_secret()
-        return self._secret
+        # the store's secret is asked for every time: a shared store re-reads it now and then (stores/base.py)
+        return self._secret if self._secret is not None else await self.store.owner_secret()
 
     async def owner_for(self, scope: Scope) -> str:
         """The owner of a session request's credential; 401 for none when one is required."""
@@ -155,7 +156,8 @@ class SessionMiddleware:
             error = ClientError(401, "Invalid or expired client secret.", type="authentication_error")
             await send_error(send, error)
             return None
-        return Grant(*found)
+        owner, session_id, _ = found  # the record's grant bytes are not used yet
+        return Grant(owner, session_id)
 
     async def aclose(self) -> None:
         """Drain the turn service's background work, and close the store if the middleware made it."""

@@ -29,9 +29,9 @@ _ERRORS = MappingProxyType(
         403: ("Forbidden", "A client secret used beyond the one session it opens."),
         404: ("NotFound", "No such session for this credential (another credential's session is a 404 too)."),
         405: ("MethodNotAllowed", "The path exists but not with this method."),
-        409: ("Conflict", "The session is ended or expired: it is read-only."),
-        413: ("PayloadTooLarge", "The request body is larger than the proxy accepts."),
-        429: ("RateLimited", "A session limit was reached; nothing was done. Retry after `Retry-After` seconds."),
+        409: ("Conflict", "The session is ended or expired (read-only), or full (`session_full`)."),
+        413: ("PayloadTooLarge", "The body (a chat turn's, history spliced in) is larger than the proxy accepts."),
+        429: ("RateLimited", "Over a rate limit or the session cap: nothing done. Retry after `Retry-After` seconds."),
         503: ("StoreUnavailable", "The session store did not answer."),
     }
 )
@@ -49,7 +49,7 @@ def openapi_document(prefix: str = "/v1/sessions") -> dict[str, Any]:
                 "Server-side conversation sessions, scoped to the caller's credential: `Authorization: Bearer`, "
                 "else `x-api-key`, else `api-key`; a request with none uses the anonymous scope. "
                 "Timestamps are unix seconds. Errors use the OpenAI shape; `components.responses` also describes "
-                "the errors a chat request on a session can get (409 ended or expired, 429 over a rate limit)."
+                "the errors a chat request on a session can get (409 ended, expired or full, 429 over a limit)."
             ),
         },
         "security": [{"bearer": []}, {"x-api-key": []}, {"api-key": []}, {}],
@@ -61,7 +61,7 @@ def openapi_document(prefix: str = "/v1/sessions") -> dict[str, Any]:
                     201,
                     "CreatedSession",
                     body=("CreateSessionRequest", False),
-                    errors=(400, 401, 403, 413, 503),
+                    errors=(400, 401, 403, 413, 429, 503),
                 ),
                 "get": _operation(
                     "listSessions",
@@ -140,7 +140,7 @@ def openapi_document(prefix: str = "/v1/sessions") -> dict[str, Any]:
                     201,
                     "Session",
                     body=("ForkSessionRequest", False),
-                    errors=(400, 401, 403, 404, 413, 503),
+                    errors=(400, 401, 403, 404, 413, 429, 503),
                 ),
             },
         },
@@ -246,7 +246,7 @@ def _session_filters() -> list[Schema]:
             "style": "deepObject",
             "explode": True,
             "description": "`metadata[KEY]=VALUE`: only sessions whose metadata has all these pairs.",
-            "schema": {"type": "object", "additionalProperties": {"type": "string"}},
+            "schema": {"type": "object", "propertyNames": {"minLength": 1}, "additionalProperties": {"type": "string"}},
         },
     ]
 

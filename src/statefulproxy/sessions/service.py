@@ -23,7 +23,7 @@ import orjson
 from ..dialects.base import AssistantReply, Canonical, Dialect
 from ..errors import ClientError, StoreError
 from ..settings import Settings
-from ..stores.base import IdempotentReply, SessionSnapshot, Store
+from ..stores.base import DROP_ALL, IdempotentReply, SessionSnapshot, Store
 from .idempotency import IdempotencyKey
 from .identity import MINTED_PREFIX, mint_session_id
 from .leases import TurnLease
@@ -192,6 +192,7 @@ class TurnService:
                 if found is not None:
                     await _release(lease)
                     return self._recorded(request, session_id, {**found, **_native_of(snapshot.info()[-1])})
+            self._check_size(session_id, snapshot, plan, forward, record)
         except BaseException:
             await _release(lease)
             raise
@@ -251,6 +252,33 @@ class TurnService:
             if not _too_deep(exc):
                 raise
             raise ClientError(400, "The request body nests too deeply (at most 254 levels).", code="too_deep") from None
+
+    def _check_size(
+        self, session_id: str, snapshot: SessionSnapshot | None, plan: TurnPlan, forward: bytes, record: bool
+    ) -> None:
+        """Refuse a turn whose body, history spliced in, is over max_splice_bytes, or that would store
+        more than max_session_messages messages: counted from the loaded history, no store round trip."""
+        settings = self.settings
+        if len(forward) > settings.max_splice_bytes:
+            raise ClientError(
+                413,
+                f"The request with its session's history spliced in is {len(forward)} bytes, more than the "
+                f"{settings.max_splice_bytes} this proxy forwards (max_splice_bytes).",
+                code="splice_too_large",
+            )
+        cap = settings.max_session_messages
+        if not record or not cap:
+            return
+        stored = len(snapshot.replay) if snapshot is not None else 0
+        kept = 0 if plan.drop_leading == DROP_ALL else max(stored - plan.drop_leading, 0)
+        count = len(plan.head) + kept + len(plan.tail) + 1  # and the reply
+        if count > cap:
+            raise ClientError(
+                409,
+                f"Session '{session_id}' would hold {count} messages, more than the {cap} a session may keep "
+                "(max_session_messages): start a new session, or fork this one up to an earlier message.",
+                code="session_full",
+            )
 
     def _window_skip(self, snapshot: SessionSnapshot, lead: int) -> int:
         """How many stored conversation messages the history window leaves out."""

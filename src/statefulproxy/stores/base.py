@@ -160,7 +160,16 @@ class Lease:
     ttl_ms: int
 
 
-CommitResult = Literal["ok", "missing", "ended", "expired"]
+# "limited": the session did not exist and its owner is at the store's max_sessions_per_owner
+CommitResult = Literal["ok", "missing", "ended", "expired", "limited"]
+
+
+@dataclass(frozen=True, slots=True)
+class MessagePage:
+    """Some of a session's messages, oldest first, and how many the whole history holds."""
+
+    messages: list[StoredMessage]
+    total: int
 
 
 class Store(Protocol):
@@ -178,7 +187,9 @@ class Store(Protocol):
     async def owner_secret(self) -> bytes:
         """A random secret shared by every proxy using this store, made on first use.
 
-        Keys the credential hash when no ``owner_secret`` is configured.
+        Keys the credential hash when no ``scope_secret`` is configured. The first writer's
+        secret wins and every other proxy adopts it; a shared store re-reads it now and then
+        (cheaply), so a proxy never keeps a secret the store no longer holds.
         """
 
     async def load(
@@ -199,6 +210,10 @@ class Store(Protocol):
         a session that does not exist yet, so two first turns on one new id are serialised):
         if another token holds it, raises SessionBusy and counts nothing. A lease is not taken
         for an ended/expired session nor when a limit refuses the request.
+
+        With ``lease``, a session that does not exist and whose owner already has the store's
+        ``max_sessions_per_owner`` sessions raises ClientError 429 ``session_limit_reached``
+        (with Retry-After): the turn would create one more. Nothing is taken or counted.
         """
 
     async def commit(self, owner: str, session_id: str, write: TurnWrite) -> CommitResult:
@@ -207,6 +222,7 @@ class Store(Protocol):
         - session absent: create it from ``write.create`` and apply; "missing" if
           ``write.create`` is None (it was deleted meanwhile: never resurrect it).
         - session ended / expired: change nothing, return "ended" / "expired".
+        - session absent and its owner at ``max_sessions_per_owner``: change nothing, "limited".
         Updates last_active_at, message_count, usage, the inactivity TTL, and expires_at
         when the session expires relative to its last activity. A session created here is
         listed in the owner's index. ``write.idempotent`` is kept only when the turn is written
@@ -224,6 +240,8 @@ class Store(Protocol):
         """Create a session, empty or holding ``messages`` (a fork); None if the id is taken.
 
         Sets the title from ``new.title`` only (no hint), and lists it in the owner's index.
+        Raises ClientError 429 ``session_limit_reached`` (nothing written) when the owner
+        already has ``max_sessions_per_owner`` sessions.
         """
 
     async def get(self, owner: str, session_id: str) -> SessionRecord | None: ...
@@ -265,6 +283,18 @@ class Store(Protocol):
     async def messages(self, owner: str, session_id: str) -> list[StoredMessage] | None:
         """The whole history, oldest first; None if the session does not exist."""
 
+    async def messages_page(self, owner: str, session_id: str, start: int, stop: int | None) -> MessagePage | None:
+        """``history[start:stop]`` (Python slice bounds: a negative one counts from the end, a
+        None stop is the end) and the history's length, in one atomic read of only that range;
+        None if the session does not exist."""
+
+    async def message_positions(
+        self, owner: str, session_id: str, message_ids: Sequence[str]
+    ) -> tuple[list[int | None], int] | None:
+        """Where each message id is in the history (None: not in it), and the history's length;
+        None if the session does not exist. Found in an index of the ids, without reading the
+        history. An id is the ``id`` an info document starts with (``{"id":"..."``)."""
+
     async def clear(self, owner: str, session_id: str) -> SessionRecord | None:
         """Remove every message and kept reply, keep the session (title, usage, ...). None if absent."""
 
@@ -280,8 +310,12 @@ class Store(Protocol):
     async def release_lease(self, owner: str, session_id: str, token: str) -> None:
         """Drop the lease if ``token`` holds it (a turn that ends without a commit)."""
 
-    async def put_client_secret(self, secret_hash: str, owner: str, session_id: str, ttl: float) -> None:
-        """Remember that ``secret_hash`` opens ``session_id`` of ``owner``, for ``ttl`` seconds."""
+    async def put_client_secret(
+        self, secret_hash: str, owner: str, session_id: str, ttl: float, grant: bytes = b""
+    ) -> None:
+        """Remember that ``secret_hash`` opens ``session_id`` of ``owner``, for ``ttl`` seconds, with
+        ``grant``: opaque bytes kept as they are, for the caller."""
 
-    async def client_secret(self, secret_hash: str) -> tuple[str, str] | None:
-        """(owner, session id) a live secret opens; None if unknown or expired."""
+    async def client_secret(self, secret_hash: str) -> tuple[str, str, bytes] | None:
+        """(owner, session id, grant) a live secret opens; None if unknown or expired. A record
+        written without a grant reads as b""."""

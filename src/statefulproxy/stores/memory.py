@@ -2,6 +2,11 @@
 
 Every method runs without awaiting inside, so under asyncio each one is atomic: two
 concurrent commits to one session apply one after the other, never interleaved.
+
+Storage is capped twice: per owner (``max_sessions_per_owner``: creating one more is
+refused) and in all (``max_sessions``: the session idle the longest is evicted to make room).
+Sessions are kept in order of last activity (a turn's load or commit), so both the eviction
+and the refresh are O(1).
 """
 
 from __future__ import annotations
@@ -9,16 +14,17 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Literal
 
 from ..errors import SessionBusy
 from .base import (
-    DROP_ALL,
     UNCHANGED,
     CommitResult,
     HistoryWindow,
     Lease,
+    MessagePage,
     NewSession,
     SessionRecord,
     SessionSnapshot,
@@ -28,7 +34,8 @@ from .base import (
     Unchanged,
     check_window,
 )
-from .memory_session import MemorySession
+from .limits import NO_EXPIRY_RETRY, session_limit_error
+from .memory_session import MemoryLeases, MemorySession, check_ttl
 
 # An occasional sweep drops dead sessions nobody asks for again; at most this often.
 _MAX_SWEEP_INTERVAL = 60.0
@@ -38,7 +45,9 @@ class MemoryStore:
     """Sessions in a dict, gone when the process exits.
 
     ``ttl`` is the inactivity TTL in seconds (None: sessions never expire); ``clock``
-    returns unix seconds and is injectable for tests.
+    returns unix seconds and is injectable for tests. ``max_sessions_per_owner`` caps each
+    owner's sessions and ``max_sessions`` all of them (0: no cap); ``evictions`` counts the
+    live sessions evicted to stay under ``max_sessions``.
 
     ``update`` changes ended and expired sessions too (title and metadata are management
     data); ``clear`` changes only active ones. Neither refreshes the inactivity TTL. Every
@@ -46,15 +55,26 @@ class MemoryStore:
     refused one changes nothing (not even the TTL) and carries no history.
     """
 
-    def __init__(self, *, ttl: float | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        *,
+        ttl: float | None = None,
+        clock: Callable[[], float] = time.time,
+        max_sessions_per_owner: int = 0,
+        max_sessions: int = 0,
+    ) -> None:
         self._ttl = ttl
         self._clock = clock
-        self._sessions: dict[tuple[str, str], MemorySession] = {}
+        self._owner_cap = max_sessions_per_owner
+        self._max_sessions = max_sessions
+        self.evictions = 0
+        # least recently active first: a turn's load and commit move its session to the end
+        self._sessions: OrderedDict[tuple[str, str], MemorySession] = OrderedDict()
         # per owner, its session ids in creation order (dicts keep insertion order)
         self._index: dict[str, dict[str, None]] = {}
-        self._secrets: dict[str, tuple[str, str, float]] = {}
-        # (token, deadline), apart from the sessions: it may precede one, and delete() leaves it
-        self._leases: dict[tuple[str, str], tuple[str, float]] = {}
+        self._secrets: dict[str, tuple[str, str, float, bytes]] = {}
+        # apart from the sessions: a lease may precede one, and delete() leaves it
+        self._leases = MemoryLeases()
         self._secret = os.urandom(32)
         # without a TTL only secrets and leases expire, but they must not pile up either
         self._sweep_interval = _MAX_SWEEP_INTERVAL if ttl is None else min(ttl / 10, _MAX_SWEEP_INTERVAL)
@@ -81,17 +101,18 @@ class MemoryStore:
     ) -> SessionSnapshot | None:
         now = self._clock()
         if lease is not None:
-            _check_ttl(lease)
+            check_ttl(lease)
         session = self._lookup(owner, session_id, now)
         if session is not None and idempotency_key is not None:
             kept = session.kept_reply(idempotency_key, now)
             if kept is not None:
                 return SessionSnapshot(session_id, session.status(now), [], 0, idempotent=kept)
-        if lease is not None and self._holder(owner, session_id, now) not in (None, lease.token):
+        if lease is not None and self._leases.holder((owner, session_id), now) not in (None, lease.token):
             raise SessionBusy(f"session {session_id!r} is busy: another turn holds its lease")
         if session is None:
             if lease is not None:  # a first turn: the next one on this id waits for it
-                self._leases[owner, session_id] = (lease.token, now + lease.ttl_ms / 1000)
+                self._check_room(owner, now)
+                self._leases.take((owner, session_id), lease, now)
             return None
         status = session.status(now)
         if status == "active":
@@ -99,8 +120,9 @@ class MemoryStore:
             if refused is not None:  # over a limit: the history is not needed
                 return SessionSnapshot(session_id, status, [], 0, *refused)
             session.deadline = self._deadline(now)
+            self._sessions.move_to_end((owner, session_id))
             if lease is not None:
-                self._leases[owner, session_id] = (lease.token, now + lease.ttl_ms / 1000)
+                self._leases.take((owner, session_id), lease, now)
         messages = session.messages
         count = len(messages)  # the list grows in place with the next commit: the snapshot stops here
         return SessionSnapshot(
@@ -115,28 +137,21 @@ class MemoryStore:
     async def commit(self, owner: str, session_id: str, write: TurnWrite) -> CommitResult:
         now = self._clock()
         if write.lease_token is not None:  # whatever the result: in one step with the write, nothing awaits
-            self._release(owner, session_id, write.lease_token, now)
+            self._leases.release((owner, session_id), write.lease_token, now)
         session = self._lookup(owner, session_id, now)
         if session is None:
             if write.create is None:
                 return "missing"
+            if self._no_room(owner, now) is not None:
+                return "limited"
             session = self._add(owner, session_id, write.create, now)
         else:
             status = session.status(now)
             if status != "active":
                 return status
+            self._sessions.move_to_end((owner, session_id))
 
-        stored = session.messages
-        drop = len(stored) if write.drop_leading == DROP_ALL else min(write.drop_leading, len(stored))
-        rest_len = len(stored) - drop
-        rest_lead = max(session.leading_system - drop, 0)
-        session.leading_system = (
-            len(write.head) + rest_lead + (write.tail_leading_system if rest_lead == rest_len else 0)
-        )
-        if drop or write.head:
-            session.messages = [*write.head, *stored[drop:], *write.tail]
-        else:
-            stored.extend(write.tail)  # the common turn: append without copying the history
+        session.splice(write)
         for name, tokens in write.usage.items():
             session.usage[name] = session.usage.get(name, 0) + tokens
         if session.title is None:
@@ -158,9 +173,9 @@ class MemoryStore:
         now = self._clock()
         if self._lookup(owner, session_id, now) is not None:
             return None
+        self._check_room(owner, now)
         session = self._add(owner, session_id, new, now)
-        session.messages = list(messages)
-        session.leading_system = leading_system
+        session.set_history(messages, leading_system)
         return session.record(session_id, now)
 
     async def get(self, owner: str, session_id: str) -> SessionRecord | None:
@@ -200,12 +215,8 @@ class MemoryStore:
             session = self._lookup(owner, session_id, now)
             if session is None:
                 continue
-            record = session.record(session_id, now)
-            if status is not None and record.status != status:
-                continue
-            if metadata and any(record.metadata.get(key) != value for key, value in metadata.items()):
-                continue
-            if namespace is not None and (record.namespace or "") != namespace:
+            record = session.listed(session_id, now, status, metadata, namespace)
+            if record is None:
                 continue
             found.append(record)
             if len(found) > limit:
@@ -242,14 +253,25 @@ class MemoryStore:
         session = self._lookup(owner, session_id, self._clock())
         return None if session is None else list(session.messages)
 
+    async def messages_page(self, owner: str, session_id: str, start: int, stop: int | None) -> MessagePage | None:
+        session = self._lookup(owner, session_id, self._clock())
+        return None if session is None else MessagePage(session.messages[start:stop], len(session.messages))
+
+    async def message_positions(
+        self, owner: str, session_id: str, message_ids: Sequence[str]
+    ) -> tuple[list[int | None], int] | None:
+        session = self._lookup(owner, session_id, self._clock())
+        if session is None:
+            return None
+        return [session.position(wanted.encode()) for wanted in message_ids], len(session.messages)
+
     async def clear(self, owner: str, session_id: str) -> SessionRecord | None:
         now = self._clock()
         session = self._lookup(owner, session_id, now)
         if session is None:
             return None
         if session.status(now) == "active":
-            session.messages = []
-            session.leading_system = 0
+            session.set_history((), 0)
             session.kept.clear()
         return session.record(session_id, now)
 
@@ -268,43 +290,57 @@ class MemoryStore:
         return True
 
     async def renew_lease(self, owner: str, session_id: str, lease: Lease) -> bool:
-        _check_ttl(lease)
+        check_ttl(lease)
         now = self._clock()
-        if self._holder(owner, session_id, now) != lease.token:
+        if self._leases.holder((owner, session_id), now) != lease.token:
             return False
-        self._leases[owner, session_id] = (lease.token, now + lease.ttl_ms / 1000)
+        self._leases.take((owner, session_id), lease, now)
         return True
 
     async def release_lease(self, owner: str, session_id: str, token: str) -> None:
-        self._release(owner, session_id, token, self._clock())
+        self._leases.release((owner, session_id), token, self._clock())
 
-    async def put_client_secret(self, secret_hash: str, owner: str, session_id: str, ttl: float) -> None:
-        self._secrets[secret_hash] = (owner, session_id, self._clock() + ttl)
+    async def put_client_secret(
+        self, secret_hash: str, owner: str, session_id: str, ttl: float, grant: bytes = b""
+    ) -> None:
+        self._secrets[secret_hash] = (owner, session_id, self._clock() + ttl, grant)
 
-    async def client_secret(self, secret_hash: str) -> tuple[str, str] | None:
+    async def client_secret(self, secret_hash: str) -> tuple[str, str, bytes] | None:
         now = self._clock()
         self._maybe_sweep(now)
         found = self._secrets.get(secret_hash)
         if found is None:
             return None
-        if now >= found[2]:
+        owner, session_id, deadline, grant = found
+        if now >= deadline:
             del self._secrets[secret_hash]
             return None
-        return found[0], found[1]
+        return owner, session_id, grant
 
-    def _holder(self, owner: str, session_id: str, now: float) -> str | None:
-        """The token holding the session's lease, dropping a lease past its deadline."""
-        token, deadline = self._leases.get((owner, session_id), (None, math.inf))
-        if now < deadline:
-            return token
-        del self._leases[owner, session_id]
-        return None
+    def _check_room(self, owner: str, now: float) -> None:
+        wait = self._no_room(owner, now)
+        if wait is not None:
+            raise session_limit_error(self._owner_cap, wait)
 
-    def _release(self, owner: str, session_id: str, token: str, now: float) -> None:
-        if self._holder(owner, session_id, now) == token:
-            del self._leases[owner, session_id]
+    def _no_room(self, owner: str, now: float) -> float | None:
+        """None if ``owner`` may create one more session, else the seconds until its first one expires."""
+        index = self._index.get(owner)
+        if not self._owner_cap or index is None or len(index) < self._owner_cap:
+            return None
+        for session_id in list(index):  # dead sessions the sweep has not reached do not count
+            self._lookup(owner, session_id, now)
+        index = self._index.get(owner)
+        if index is None or len(index) < self._owner_cap:
+            return None
+        first = min(self._sessions[owner, session_id].deadline for session_id in index)
+        return NO_EXPIRY_RETRY if math.isinf(first) else first - now
 
     def _add(self, owner: str, session_id: str, new: NewSession, now: float) -> MemorySession:
+        if self._max_sessions and len(self._sessions) >= self._max_sessions:
+            (idle_owner, idle_id), idle = next(iter(self._sessions.items()))  # the longest idle
+            if now <= idle.deadline:
+                self.evictions += 1
+            self._forget(idle_owner, idle_id)
         session = MemorySession(
             created_at=int(now),
             last_active_at=int(now),
@@ -353,12 +389,6 @@ class MemoryStore:
         self._next_sweep = now + self._sweep_interval
         for owner, session_id in [key for key, session in self._sessions.items() if now > session.deadline]:
             self._forget(owner, session_id)
-        for secret_hash in [key for key, (_, _, deadline) in self._secrets.items() if now >= deadline]:
+        for secret_hash in [key for key, (_, _, deadline, _) in self._secrets.items() if now >= deadline]:
             del self._secrets[secret_hash]
-        for key in [key for key, (_, deadline) in self._leases.items() if now >= deadline]:
-            del self._leases[key]
-
-
-def _check_ttl(lease: Lease) -> None:
-    if lease.ttl_ms < 1:
-        raise ValueError(f"a lease needs a positive ttl_ms, not {lease.ttl_ms!r}")
+        self._leases.sweep(now)

@@ -1,26 +1,45 @@
-"""One session of the memory store: its fields, status, record and request admission."""
+"""One session of the memory store (fields, status, record, request admission, history), and leases.
+
+Besides the history the session keeps an index of its message ids: each id's ordinal, and the
+ordinal of the first stored message, so that finding a message (a page's cursor) never scans
+the history. Ordinals grow at the end and shrink at the front (a new system head).
+"""
 
 from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from .base import (
+    DROP_ALL,
     ExpiresAfter,
     HistoryWindow,
     IdempotentReply,
+    Lease,
     SessionLimits,
     SessionRecord,
     SessionStatus,
     StoredMessage,
+    TurnWrite,
 )
 
 _WINDOW_MS = 60_000  # the sliding window of max_requests_per_1_minute
 _NO_DEADLINE_RETRY = 86400  # retry_after of a capped session that never goes away
 
 LimitedBy = Literal["max_requests_per_1_minute", "max_requests"]
+
+_ID_START = b'{"id":"'
+
+
+def message_id(info: bytes) -> bytes | None:
+    """The id an info document starts with, None for one that starts otherwise."""
+    if not info.startswith(_ID_START):
+        return None
+    end = info.find(b'"', len(_ID_START))
+    return info[len(_ID_START) : end] if end > len(_ID_START) else None
 
 
 @dataclass(slots=True)
@@ -41,6 +60,8 @@ class MemorySession:
     messages: list[StoredMessage] = field(default_factory=list)
     window: deque[int] = field(default_factory=deque)  # ms of the requests admitted in the last minute
     kept: dict[str, tuple[float, bytes]] = field(default_factory=dict)  # idempotency key -> (deadline, value)
+    ordinals: dict[bytes, int] = field(default_factory=dict)  # message id -> its ordinal
+    first_ordinal: int = 0  # the ordinal of messages[0]
 
     @property
     def expires_at(self) -> int | None:
@@ -76,6 +97,24 @@ class MemorySession:
             namespace=self.namespace,
         )
 
+    def listed(
+        self,
+        session_id: str,
+        now: float,
+        status: SessionStatus | None,
+        metadata: dict[str, str] | None,
+        namespace: str | None,
+    ) -> SessionRecord | None:
+        """The session's record if it passes a listing's filters (``namespace`` "": created in none)."""
+        record = self.record(session_id, now)
+        if status is not None and record.status != status:
+            return None
+        if metadata and any(record.metadata.get(key) != value for key, value in metadata.items()):
+            return None
+        if namespace is not None and (record.namespace or "") != namespace:
+            return None
+        return record
+
     def admit(self, now: float) -> tuple[int, LimitedBy] | None:
         """Count one request, or (retry_after, limit) when a limit refuses it (nothing counted)."""
         limits = self.limits
@@ -105,3 +144,88 @@ class MemorySession:
         for key in [key for key, (deadline, _) in self.kept.items() if now >= deadline]:
             del self.kept[key]
         self.kept[reply.key] = (now + reply.ttl_ms / 1000, reply.value)
+
+    def set_history(self, messages: Sequence[StoredMessage], leading_system: int) -> None:
+        self.messages = list(messages)
+        self.leading_system = leading_system
+        self.ordinals.clear()
+        self.first_ordinal = 0
+        self._number(self.messages, 0)
+
+    def splice(self, write: TurnWrite) -> None:
+        """The history becomes ``write.head + stored[drop_leading:] + write.tail``."""
+        stored = self.messages
+        drop = len(stored) if write.drop_leading == DROP_ALL else min(write.drop_leading, len(stored))
+        rest_len = len(stored) - drop
+        rest_lead = max(self.leading_system - drop, 0)
+        self.leading_system = len(write.head) + rest_lead + (write.tail_leading_system if rest_lead == rest_len else 0)
+        if drop == len(stored):
+            self.ordinals.clear()
+        else:
+            for ordinal, message in enumerate(stored[:drop], self.first_ordinal):
+                dropped = message_id(message.info)
+                if dropped is not None and self.ordinals.get(dropped) == ordinal:
+                    del self.ordinals[dropped]
+        self.first_ordinal += drop - len(write.head)
+        if drop or write.head:
+            self.messages = [*write.head, *stored[drop:], *write.tail]
+        else:
+            stored.extend(write.tail)  # the common turn: append without copying the history
+        self._number(write.head, self.first_ordinal)
+        self._number(write.tail, self.first_ordinal + len(self.messages) - len(write.tail))
+
+    def position(self, wanted: bytes) -> int | None:
+        """Where the message ``wanted`` is in the history; None if it is not."""
+        ordinal = self.ordinals.get(wanted)
+        if ordinal is None:
+            return None
+        position = ordinal - self.first_ordinal
+        if 0 <= position < len(self.messages) and message_id(self.messages[position].info) == wanted:
+            return position
+        self.set_history(self.messages, self.leading_system)  # out of step (a duplicate id): number afresh
+        ordinal = self.ordinals.get(wanted)
+        return None if ordinal is None else ordinal - self.first_ordinal
+
+    def _number(self, messages: Sequence[StoredMessage], first: int) -> None:
+        ordinals = self.ordinals
+        for ordinal, message in enumerate(messages, first):
+            found = message_id(message.info)
+            if found is not None:
+                ordinals[found] = ordinal
+
+
+class MemoryLeases:
+    """Each session's lease: (token, deadline) by (owner, session id)."""
+
+    def __init__(self) -> None:
+        self._leases: dict[tuple[str, str], tuple[str, float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._leases)
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._leases)
+
+    def holder(self, key: tuple[str, str], now: float) -> str | None:
+        """The token holding the lease, dropping a lease past its deadline."""
+        token, deadline = self._leases.get(key, (None, math.inf))
+        if now < deadline:
+            return token
+        del self._leases[key]
+        return None
+
+    def take(self, key: tuple[str, str], lease: Lease, now: float) -> None:
+        self._leases[key] = (lease.token, now + lease.ttl_ms / 1000)
+
+    def release(self, key: tuple[str, str], token: str, now: float) -> None:
+        if self.holder(key, now) == token:
+            del self._leases[key]
+
+    def sweep(self, now: float) -> None:
+        for key in [key for key, (_, deadline) in self._leases.items() if now >= deadline]:
+            del self._leases[key]
+
+
+def check_ttl(lease: Lease) -> None:
+    if lease.ttl_ms < 1:
+        raise ValueError(f"a lease needs a positive ttl_ms, not {lease.ttl_ms!r}")

@@ -1,31 +1,28 @@
-"""The Redis store: per session a hash, a list, a rate window, a lease and kept replies; one Lua script per change.
+"""The Redis store: per session a hash, a list, a rate window, a lease, kept replies and an id index;
+one Lua script per change.
 
 Session keys are ``<prefix>:{<h>}:meta`` (hash), ``:msgs`` (list), ``:window`` (sorted set),
-``:lease`` (the holding turn's token, always with a PX TTL) and ``:kept`` / ``:kept_until``
-(replies kept under idempotency keys, and when each expires), ``h`` a hash of (owner, session id):
-no raw id or credential hash ever names a key, and the shared ``{h}`` tag keeps each script on one
-Redis Cluster slot. A list element is ``replay + b"\\n" + info`` (orjson never emits a raw newline).
-``now`` comes from the injected clock, never from Redis ``TIME`` (but lease TTLs are Redis PX times).
-
-Each owner's listing index is ``<prefix>:{i<s>}:index`` (session ids scored by INCR on
-``:seq``), ``s`` a hash of the owner, on its own slot. Creating writes the index entry
-first and the session second, pipelined in one round trip: an entry without a session is
-dropped at list time, a session without an entry would be invisible. Index and seq keys
-have no TTL (an index must never expire before a session it lists): entries of sessions
-gone idle are dropped when a listing reaches them.
+``:lease`` (the holding turn's token, always with a PX TTL), ``:kept`` / ``:kept_until``
+(replies kept under idempotency keys, and when each expires) and ``:ids`` (message id ->
+ordinal, for paging), ``h`` a hash of (owner, session id): no raw id or credential hash ever
+names a key, and the shared ``{h}`` tag keeps each script on one Redis Cluster slot. A list
+element is ``replay + b"\\n" + info`` (orjson never emits a raw newline). ``now`` comes from the
+injected clock, never from Redis ``TIME`` (but lease TTLs are Redis PX times). Every key has a
+TTL when the store has one, the owners' indexes included (stores/redis_index.py); the shared
+owner secret ``<prefix>:secret`` has none.
 
 The URL picks the client: one node, a Redis Cluster (stores/cluster.py) or Sentinel's master
-(stores/sentinel.py). On a Cluster each owner's whole index (and seq) is on one slot, and
-each session on its own: no pipeline orders the two, so creating awaits the index write
-before writing the session (a round trip more, on creation only) and deleting awaits the
-session's deletion before unlisting it; through Sentinel too, as a retry may overtake.
+(stores/sentinel.py). On one node a session's scripts also do its owner's index work in the
+same step (creating: the cap check and the listing; every turn: the index TTL). On a Cluster
+each owner's whole index (and seq) is on one slot, and each session on its own: creating
+awaits the index write before writing the session (a round trip more, on creation only),
+deleting awaits the session's deletion before unlisting it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Literal, cast
@@ -33,12 +30,14 @@ from typing import Any, Literal, cast
 import orjson
 
 from ..errors import ConfigError, SessionBusy, StoreError
+from . import redis_history as history
 from . import redis_scripts as lua
 from .base import (
     UNCHANGED,
     CommitResult,
     HistoryWindow,
     Lease,
+    MessagePage,
     NewSession,
     SessionRecord,
     SessionSnapshot,
@@ -48,6 +47,7 @@ from .base import (
     Unchanged,
 )
 from .cluster import ClusterClient, cluster_from_url
+from .limits import session_limit_error
 from .redis_address import address_from_url
 from .redis_codec import (
     NO_NEW_FIELDS,
@@ -61,10 +61,10 @@ from .redis_codec import (
     session_record,
     translate_errors,
 )
+from .redis_index import OwnerIndex
+from .redis_secret import SharedSecret
 from .resp import RespAddress, RespAuthError, RespClient, RespError, Script
 from .sentinel import SentinelClient, sentinel_from_url
-
-_BATCH = 100  # index entries read per listing round trip, once the first batch is not enough
 
 
 class RedisStore:
@@ -75,6 +75,7 @@ class RedisStore:
     connects before ``open()`` or the first call. ``ttl`` is the inactivity TTL in
     seconds (None: keys never expire); ``clock`` returns unix seconds; a command
     unanswered for ``timeout`` seconds fails with StoreError (connecting: at most 2 s).
+    ``max_sessions_per_owner`` caps each owner's sessions (0: no cap).
 
     ``update`` changes ended and expired sessions too (title and metadata are management
     data); ``clear`` changes only active ones. Neither refreshes the inactivity TTL. Every
@@ -90,21 +91,30 @@ class RedisStore:
         clock: Callable[[], float] = time.time,
         key_prefix: str = "sp",
         timeout: float = 5.0,
+        max_sessions_per_owner: int = 0,
     ) -> None:
         self._client = client_from_url(url, connect_timeout=min(timeout, 2.0), timeout=timeout)
         # one node: commands started in one loop iteration go out in order on one connection (resp.py)
         self._pipelined = isinstance(self._client, RespClient)
+        # not a Cluster: a script may touch the session's and its owner's index keys at once
+        self._joined = not isinstance(self._client, ClusterClient)
         self._ttl_ms = 0 if ttl is None else max(round(ttl * 1000), 1)
         self._clock = clock
         self._prefix = key_prefix
-        self._secret: bytes | None = None
-        sources = (lua.LOAD, lua.COMMIT, lua.CREATE, lua.UPDATE, lua.CLEAR, lua.MESSAGES, lua.END, lua.DELETE)
-        self._scripts = tuple(Script(s) for s in (*sources, lua.INDEX_DROP, lua.OWNER_SECRET, *lua.LEASES))
+        self._secret = SharedSecret(self._client, f"{key_prefix}:secret", clock)
+        self._index = OwnerIndex(
+            self._client,
+            key_prefix,
+            ttl_ms=self._ttl_ms,
+            cap=max_sessions_per_owner,
+            meta_key=lambda owner, session_id: self._keys(owner, session_id)[0],
+            record=self._record,
+        )
+        sources = (lua.LOAD, lua.COMMIT, lua.CREATE, lua.UPDATE, lua.CLEAR, history.MESSAGES, lua.END, lua.DELETE)
+        reads = (history.MESSAGES_PAGE, history.MESSAGE_POSITIONS)
+        self._scripts = tuple(Script(s) for s in (*sources, *reads, *lua.LEASES))
         self._load, self._commit, self._create, self._update, self._clear, self._messages = self._scripts[:6]
-        self._end, self._delete, self._index_drop, self._secret_script = self._scripts[6:10]
-        self._renew_lease, self._release_lease = self._scripts[10:]
-        # sent as EVAL, never EVALSHA: a NOSCRIPT retry would reach Redis after the session it lists
-        self._index_add = lua.INDEX_ADD.encode()
+        self._end, self._delete, self._page, self._positions, self._renew_lease, self._release_lease = self._scripts[6:]
 
     @property
     def address(self) -> RespAddress:
@@ -116,7 +126,8 @@ class RedisStore:
         refuses the credentials (a mistake in the settings, not an outage)."""
         try:
             with translate_errors("open"):
-                await asyncio.gather(*(self._client.execute(b"SCRIPT", b"LOAD", s.source) for s in self._scripts))
+                scripts = (*self._scripts, *self._index.scripts, self._secret.script)
+                await asyncio.gather(*(self._client.execute(b"SCRIPT", b"LOAD", s.source) for s in scripts))
         except StoreError as exc:
             if isinstance(exc.__cause__, RespAuthError):
                 raise ConfigError(f"store: Redis refused the credentials ({exc.__cause__})") from None
@@ -132,19 +143,24 @@ class RedisStore:
             return False
 
     async def owner_secret(self) -> bytes:
-        if self._secret is None:
-            key = f"{self._prefix}:secret"
-            with translate_errors("owner_secret"):
-                self._secret = bytes(await self._client.run_script(self._secret_script, (key,), (os.urandom(32),)))
-        return self._secret
+        return await self._secret.read()
 
     async def load(
         self, owner: str, session_id: str, lease: Lease | None = None, idempotency_key: str | None = None
     ) -> SessionSnapshot | None:
-        now = self._clock()
-        args = (int(now), round(now * 1000), self._ttl_ms, idempotency_key or "", *lease_args(lease))
-        found = await self._run("load", self._load, owner, session_id, *args)
+        now, index = self._clock(), self._index
+        args: tuple[Any, ...] = (int(now), round(now * 1000), self._ttl_ms, idempotency_key or "", session_id)
+        args += (index.cap, index.ttl_ms, *lease_args(lease))
+        found = await self._turn_script("load", self._load, owner, session_id, args)
+        if found == b"full":  # one node: the owner is at its cap, and this would be a new session
+            wait = await index.room_in(owner)
+            if wait is None:  # some of its sessions were gone: ask again
+                found = await self._turn_script("load", self._load, owner, session_id, args)
+            if found == b"full":
+                raise session_limit_error(index.cap, wait or 1)
         if found is None:
+            if lease is not None and index.cap and not self._joined:  # a Cluster: ask the index's node
+                await index.claim(owner, session_id, lambda: self.release_lease(owner, session_id, lease.token))
             return None
         if isinstance(found, bytes):  # b"busy"
             raise SessionBusy(f"session {session_id!r} is busy: another turn holds its lease")
@@ -174,19 +190,25 @@ class RedisStore:
         kept = write.idempotent
         args.append(optional(write.lease_token))
         args += ["-", "", "", ""] if kept is None else [kept.key, kept.value, round(now * 1000), kept.ttl_ms]
-        args.append(len(write.usage))
+        args += [session_id, self._index.cap, self._index.ttl_ms, len(write.usage)]
         for name, tokens in write.usage.items():
             args += [USAGE + name, int(tokens)]
         args.append(len(write.head))
         args += encode(write.head)
         args += encode(write.tail)
-        if new is None:  # a plain turn: no index work
-            result = await self._run("commit", self._commit, owner, session_id, *args)
-            return cast(CommitResult, result.decode())
-        write_turn = self._client.run_script(self._commit, self._keys(owner, session_id), tuple(args))
-        listed, result = await self._index_then("commit", owner, session_id, write_turn)
+        if new is None or self._joined:
+            result = await self._turn_script("commit", self._commit, owner, session_id, args)
+            if result == b"limited" and await self._index.room_in(owner) is None:
+                result = await self._turn_script("commit", self._commit, owner, session_id, args)
+            return "ok" if result == b"new" else cast(CommitResult, result.decode())
+        listed = await self._index.list_new(owner, session_id)
+        if listed is None:
+            if write.lease_token is not None:  # the commit script would have released it
+                await self.release_lease(owner, session_id, write.lease_token)
+            return "limited"
+        result = await self._run("commit", self._commit, owner, session_id, *args)
         if result == b"new":
-            await self._relist(owner, session_id, listed)
+            await self._index.relist(owner, session_id, listed)
             return "ok"
         return cast(CommitResult, result.decode())
 
@@ -198,13 +220,25 @@ class RedisStore:
         messages: Sequence[StoredMessage] = (),
         leading_system: int = 0,
     ) -> SessionRecord | None:
-        now = int(self._clock())
-        args = (now, self._ttl_ms, *new_fields(new, now), leading_system, *encode(messages))
-        write = self._client.run_script(self._create, self._keys(owner, session_id), args)
-        listed, flat = await self._index_then("create", owner, session_id, write)
+        now, index = int(self._clock()), self._index
+        args = (now, self._ttl_ms, *new_fields(new, now), session_id, index.cap, index.ttl_ms, leading_system)
+        args += tuple(encode(messages))
+        if self._joined:
+            keys, wait = self._joined_keys(owner, session_id), None
+            with translate_errors("create"):
+                flat = await self._client.run_script(self._create, keys, args)
+                if flat == b"full" and (wait := await index.room_in(owner)) is None:
+                    flat = await self._client.run_script(self._create, keys, args)  # some were gone: again
+            if flat == b"full":
+                raise session_limit_error(index.cap, wait or 1)
+            return None if flat is None else self._record(session_id, flat)
+        listed = await index.list_new(owner, session_id)
+        if listed is None:
+            raise session_limit_error(index.cap, await index.room_in(owner) or 1)
+        flat = await self._run("create", self._create, owner, session_id, *args)
         if flat is None:
             return None
-        await self._relist(owner, session_id, listed)
+        await index.relist(owner, session_id, listed)
         return self._record(session_id, flat)
 
     async def get(self, owner: str, session_id: str) -> SessionRecord | None:
@@ -224,62 +258,16 @@ class RedisStore:
         metadata: dict[str, str] | None = None,
         namespace: str | None = None,
     ) -> tuple[list[SessionRecord], bool] | None:
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
-        index = self._index_keys(owner)[0]
-        # `before` alone pages backwards: walk from it towards the listing's start
-        backwards = before is not None and after is None
-        first, last = (before, None) if backwards else (after, before)
-        cursors = [cursor for cursor in (first, last) if cursor is not None]
-        lookups = [self._client.execute(b"ZSCORE", index, cursor) for cursor in cursors]
-        if namespace is not None:  # a cursor of another namespace is no cursor here
-            lookups += [self._client.execute(b"HGET", self._keys(owner, cursor)[0], b"namespace") for cursor in cursors]
-        with translate_errors("list_sessions"):
-            looked_up = await asyncio.gather(*lookups)
-        scores, namespaces = looked_up[: len(cursors)], looked_up[len(cursors) :]
-        if None in scores or any((value or b"").decode() != namespace for value in namespaces):
-            return None
-        descending = (order == "desc") != backwards  # the walk's direction in index scores
-        start_bound = (b"+inf" if descending else b"-inf") if first is None else b"(" + scores[0]
-        stop_bound = (b"-inf" if descending else b"+inf") if last is None else b"(" + scores[-1]
-
-        found: list[SessionRecord] = []
-        dead: list[bytes] = []
-        filtered = status is not None or metadata or namespace is not None
-        batch = max(limit + 1, _BATCH) if filtered else limit + 1
-        command = b"ZREVRANGEBYSCORE" if descending else b"ZRANGEBYSCORE"
-        with translate_errors("list_sessions"):
-            while len(found) <= limit:
-                flat = await self._client.execute(
-                    command, index, start_bound, stop_bound, b"WITHSCORES", b"LIMIT", 0, batch
-                )
-                entries = list(zip(flat[::2], flat[1::2], strict=True))
-                metas = await asyncio.gather(
-                    *(self._client.execute(b"HGETALL", self._keys(owner, sid.decode())[0]) for sid, _ in entries)
-                )
-                for (sid, score), fields in zip(entries, metas, strict=True):
-                    if not fields:
-                        dead += [sid, score]
-                        continue
-                    record = self._record(sid.decode(), fields)
-                    if (
-                        (status is None or record.status == status)
-                        and _has(record.metadata, metadata)
-                        and (namespace is None or (record.namespace or "") == namespace)
-                    ):
-                        found.append(record)
-                        if len(found) > limit:
-                            break
-                if len(entries) < batch:
-                    break
-                start_bound = b"(" + entries[-1][1]
-                batch = max(batch, _BATCH)
-            if dead:
-                await self._client.run_script(self._index_drop, (index,), tuple(dead))
-        page = found[:limit]
-        if backwards:
-            page.reverse()
-        return page, len(found) > limit
+        return await self._index.list(
+            owner,
+            limit=limit,
+            order=order,
+            after=after,
+            before=before,
+            status=status,
+            metadata=metadata,
+            namespace=namespace,
+        )
 
     async def update(
         self,
@@ -297,9 +285,17 @@ class RedisStore:
 
     async def messages(self, owner: str, session_id: str) -> list[StoredMessage] | None:
         elements = await self._run("messages", self._messages, owner, session_id)
-        if elements is None:
-            return None
-        return [StoredMessage(replay, info) for replay, _, info in (e.partition(b"\n") for e in elements)]
+        return None if elements is None else history.stored_messages(elements)
+
+    async def messages_page(self, owner: str, session_id: str, start: int, stop: int | None) -> MessagePage | None:
+        found = await self._run("messages_page", self._page, owner, session_id, *history.page_args(start, stop))
+        return None if found is None else history.message_page(found)
+
+    async def message_positions(
+        self, owner: str, session_id: str, message_ids: Sequence[str]
+    ) -> tuple[list[int | None], int] | None:
+        found = await self._run("message_positions", self._positions, owner, session_id, *message_ids)
+        return None if found is None else history.positions(found)
 
     async def clear(self, owner: str, session_id: str) -> SessionRecord | None:
         flat = await self._run("clear", self._clear, owner, session_id, int(self._clock()))
@@ -312,7 +308,7 @@ class RedisStore:
     async def delete(self, owner: str, session_id: str) -> bool:
         # the session first: an index entry left alone is harmless, a session without one is not
         deleted = self._client.run_script(self._delete, self._keys(owner, session_id), ())
-        unlisted = self._client.execute(b"ZREM", self._index_keys(owner)[0], session_id)
+        unlisted = self._client.execute(b"ZREM", self._index.keys(owner)[0], session_id)
         with translate_errors("delete"):
             existed, _ = await self._in_order(deleted, unlisted)
         return bool(existed)
@@ -323,39 +319,50 @@ class RedisStore:
     async def release_lease(self, owner: str, session_id: str, token: str) -> None:
         await self._run("release_lease", self._release_lease, owner, session_id, token)
 
-    async def put_client_secret(self, secret_hash: str, owner: str, session_id: str, ttl: float) -> None:
-        key, value = f"{self._prefix}:cs:{secret_hash}", f"{owner}\n{session_id}"
+    async def put_client_secret(
+        self, secret_hash: str, owner: str, session_id: str, ttl: float, grant: bytes = b""
+    ) -> None:
+        # owner and session id hold no newline; the grant, last, may
+        key, value = f"{self._prefix}:cs:{secret_hash}", b"\n".join((owner.encode(), session_id.encode(), grant))
         with translate_errors("put_client_secret"):
             await self._client.execute(b"SET", key, value, b"PX", max(round(ttl * 1000), 1))
 
-    async def client_secret(self, secret_hash: str) -> tuple[str, str] | None:
+    async def client_secret(self, secret_hash: str) -> tuple[str, str, bytes] | None:
         with translate_errors("client_secret"):
             value = await self._client.execute(b"GET", f"{self._prefix}:cs:{secret_hash}")
         if value is None:
             return None
-        owner, _, session_id = value.decode().partition("\n")
-        return owner, session_id
+        owner, _, rest = value.partition(b"\n")
+        session_id, _, grant = rest.partition(b"\n")  # a record written before grants has none: b""
+        return owner.decode(), session_id.decode(), grant
 
     def _keys(self, owner: str, session_id: str) -> tuple[str, ...]:
         digest = hashlib.blake2b(f"{owner}\0{session_id}".encode(), digest_size=16).hexdigest()
         base = f"{self._prefix}:{{{digest}}}"
-        return f"{base}:meta", f"{base}:msgs", f"{base}:window", f"{base}:lease", f"{base}:kept", f"{base}:kept_until"
+        names = ("meta", "msgs", "window", "lease", "kept", "kept_until", "ids")
+        return tuple(f"{base}:{name}" for name in names)
 
-    def _index_keys(self, owner: str) -> tuple[str, str]:
-        digest = hashlib.blake2b(owner.encode(), digest_size=16).hexdigest()
-        return f"{self._prefix}:{{i{digest}}}:index", f"{self._prefix}:{{i{digest}}}:seq"
+    def _joined_keys(self, owner: str, session_id: str) -> tuple[str, ...]:
+        """The session's keys, and on one node its owner's index keys."""
+        keys = self._keys(owner, session_id)
+        return (*keys, *self._index.keys(owner)) if self._joined else keys
 
     async def _run(self, operation: str, script: Script, owner: str, session_id: str, *args: Any) -> Any:
         with translate_errors(operation):
             return await self._client.run_script(script, self._keys(owner, session_id), args)
 
-    async def _index_then(self, operation: str, owner: str, session_id: str, write: Any) -> tuple[bool, Any]:
-        """List ``session_id`` in the owner's index, then run ``write`` (one round trip on one node)."""
-        index, seq = self._index_keys(owner)
-        listed = self._client.execute(b"EVAL", self._index_add, 2, index, seq, session_id, b"0")
+    async def _turn_script(
+        self, operation: str, script: Script, owner: str, session_id: str, args: Sequence[Any]
+    ) -> Any:
+        """LOAD or COMMIT, with the owner's index TTL refreshed: in the script on one node, beside it on a Cluster."""
         with translate_errors(operation):
-            added, result = await self._in_order(listed, write)
-        return bool(added), result
+            keys = self._joined_keys(owner, session_id)
+            if self._joined or not self._index.ttl_ms:
+                return await self._client.run_script(script, keys, tuple(args))
+            result, _ = await asyncio.gather(
+                self._client.run_script(script, keys, tuple(args)), self._index.touch(owner)
+            )
+            return result
 
     async def _in_order(self, first: Coroutine[Any, Any, Any], then: Coroutine[Any, Any, Any]) -> tuple[Any, Any]:
         """Both results, ``first`` run before ``then``: pipelined on one connection, else awaited first."""
@@ -369,19 +376,8 @@ class RedisStore:
             raise
         return done, await then
 
-    async def _relist(self, owner: str, session_id: str, listed: bool) -> None:
-        # Created, but its id was listed already: a dead namesake's entry. Move it to the newest.
-        if not listed:
-            index, seq = self._index_keys(owner)
-            with translate_errors("create"):
-                await self._client.execute(b"EVAL", self._index_add, 2, index, seq, session_id, b"1")
-
     def _record(self, session_id: str, flat: list[bytes]) -> SessionRecord:
         return session_record(session_id, flat, self._clock())
-
-
-def _has(fields: dict[str, str], wanted: dict[str, str] | None) -> bool:
-    return not wanted or all(fields.get(key) == value for key, value in wanted.items())
 
 
 def client_from_url(url: str, *, connect_timeout: float, timeout: float) -> RespClient | ClusterClient | SentinelClient:

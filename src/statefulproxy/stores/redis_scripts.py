@@ -2,14 +2,21 @@
 
 Session scripts take KEYS meta (hash), msgs (list), window (sorted set of the admitted
 requests of the last minute), lease (string: the holding turn's token, always with a
-PX TTL), kept (hash: idempotency key -> kept reply) and kept_until (sorted set: each kept
-key scored by the unix ms it expires at), all under one ``{h}`` hash tag. ``now`` is unix seconds
-from the proxy's clock, ``now_ms`` the same instant in milliseconds. Meta fields:
-status, title, created_at, last_active_at, expires_at ("" none), anchor ("",
-"created_at", "last_active_at"), expires_after (seconds), rpm and max_requests ("" none),
-request_count, metadata (JSON), leading_system, message_count, namespace ("" none),
-history_window ("<max_messages>,<max_tokens>", "" none) and "u:<name>" usage.
-Sessions written before a field existed lack it: every read tolerates that.
+PX TTL), kept (hash: idempotency key -> kept reply), kept_until (sorted set: each kept
+key scored by the unix ms it expires at) and ids (hash: message id -> ordinal), all under one
+``{h}`` hash tag. ``now`` is unix seconds from the proxy's clock, ``now_ms`` the same instant
+in milliseconds. Meta fields: status, title, created_at, last_active_at, expires_at ("" none),
+anchor ("", "created_at", "last_active_at"), expires_after (seconds), rpm and max_requests
+("" none), request_count, metadata (JSON), leading_system, message_count, namespace ("" none),
+history_window ("<max_messages>,<max_tokens>", "" none), id_base (the ordinal of the first
+message) and "u:<name>" usage. Sessions written before a field existed lack it: every read
+tolerates that (one without id_base has its ids numbered when a page first looks one up).
+
+LOAD, COMMIT and CREATE also take the owner's index and seq keys (KEYS[8], KEYS[9]) when
+Redis is one node (or Sentinel's master), where a script may touch keys of two hash tags:
+then they check the owner's session cap, list a new session and refresh the index's TTL in
+the same step. On a Cluster the index is another node's: stores/redis_index.py does it.
+The history's paged reads are in stores/redis_history.py.
 """
 
 from __future__ import annotations
@@ -19,21 +26,71 @@ local function refresh(ttl_ms, limited)
   if tonumber(ttl_ms) > 0 then
     redis.call('PEXPIRE', KEYS[1], ttl_ms)
     redis.call('PEXPIRE', KEYS[2], ttl_ms)
+    redis.call('PEXPIRE', KEYS[7], ttl_ms)
     if limited then redis.call('PEXPIRE', KEYS[3], ttl_ms) end
   end
 end
 """
+
+# The owner's index: KEYS index (sorted set of session ids, scored by INCR of seq) and seq, both
+# kept as long as the owner's newest session may live (index ttl_ms: the session TTL and a margin).
+# list_owner: lists sid at the newest position (force: also when it is listed already). -> 1
+# listed now, 0 listed already (not forced), -1 nothing done: the owner has cap sessions (0: no cap)
+OWNER_LUA = """
+local function touch_owner(index, seq, ttl_ms)
+  if tonumber(ttl_ms) > 0 then
+    redis.call('PEXPIRE', index, ttl_ms)
+    redis.call('PEXPIRE', seq, ttl_ms)
+  end
+end
+local function list_owner(index, seq, sid, force, cap, ttl_ms)
+  local listed = redis.call('ZSCORE', index, sid)
+  if listed and not force then
+    touch_owner(index, seq, ttl_ms)
+    return 0
+  end
+  if not listed and tonumber(cap) > 0 and redis.call('ZCARD', index) >= tonumber(cap) then return -1 end
+  redis.call('ZADD', index, redis.call('INCR', seq), sid)
+  touch_owner(index, seq, ttl_ms)
+  return 1
+end
+"""
+
+# A message's id starts its info document, right after the replay's one newline.
+ID_LUA = """local ID = '\\n{"id":"([^"]+)"'
+"""
+
+# number_ids: the ids of ARGV[first..last] get ordinals from `ordinal` up, in KEYS[7].
+_NUMBER = (
+    ID_LUA
+    + """
+local function number_ids(first, last, ordinal)
+  local numbered = {}
+  for x = first, last do
+    local id = string.match(ARGV[x], ID)
+    if id then
+      numbered[#numbered + 1] = id
+      numbered[#numbered + 1] = ordinal + x - first
+    end
+    if #numbered >= 1000 or (x == last and #numbered > 0) then
+      redis.call('HSET', KEYS[7], unpack(numbered))
+      numbered = {}
+    end
+  end
+end
+"""
+)
 
 # ARGV[i..i+8]: title ("-" none, "+<title>"), metadata, expires_at, anchor, expires_after,
 # rpm, max_requests, namespace, history_window. Leftover list and window keys of a dead
 # session are stale: drop them.
 _CREATE_META = """
 local function create_meta(now, i)
-  redis.call('DEL', KEYS[2], KEYS[3], KEYS[5], KEYS[6])
+  redis.call('DEL', KEYS[2], KEYS[3], KEYS[5], KEYS[6], KEYS[7])
   redis.call('HSET', KEYS[1], 'status', 'active', 'created_at', now, 'last_active_at', now,
     'metadata', ARGV[i + 1], 'expires_at', ARGV[i + 2], 'anchor', ARGV[i + 3], 'expires_after', ARGV[i + 4],
     'rpm', ARGV[i + 5], 'max_requests', ARGV[i + 6], 'request_count', 0, 'leading_system', 0, 'message_count', 0,
-    'namespace', ARGV[i + 7], 'history_window', ARGV[i + 8])
+    'namespace', ARGV[i + 7], 'history_window', ARGV[i + 8], 'id_base', 0)
   if ARGV[i] ~= '-' then redis.call('HSET', KEYS[1], 'title', string.sub(ARGV[i], 2)) end
 end
 """
@@ -49,14 +106,17 @@ local function append(first)
 end
 """
 
-# ARGV: now, now_ms, ttl_ms, kept key ("" none)[, lease token, lease ttl_ms]. -> false |
+# ARGV: now, now_ms, ttl_ms, kept key ("" none), session id, max sessions per owner (0 none),
+# index ttl_ms[, lease token, lease ttl_ms]. -> false |
 # {status, leading_system, messages, history_window ("" none)} |
 # refused: {status, 0, {}, retry_after, limited_by} |
 # {'kept', status, value} (nothing else done) | 'busy' (another token holds the lease: nothing
-# done). A session without limits skips all limit work. The lease is taken for an absent
+# done) | 'full' (with the index keys: absent, leasing, and the owner at the cap: nothing done).
+# A session without limits skips all limit work. The lease is taken for an absent
 # session (its first turn) and for an admitted active one, never otherwise.
 LOAD = (
     _REFRESH
+    + OWNER_LUA
     + """
 local m = redis.call('HMGET', KEYS[1], 'status', 'expires_at', 'leading_system', 'rpm', 'max_requests',
   'history_window')
@@ -69,16 +129,21 @@ if m[1] and ARGV[4] ~= '' then
   end
 end
 
-local leasing = #ARGV > 4
+local leasing = #ARGV > 7
 if leasing then
   local holder = redis.call('GET', KEYS[4])
-  if holder and holder ~= ARGV[5] then return 'busy' end
+  if holder and holder ~= ARGV[8] then return 'busy' end
 end
 local function take_lease()
-  if leasing then redis.call('SET', KEYS[4], ARGV[5], 'PX', ARGV[6]) end
+  if leasing then redis.call('SET', KEYS[4], ARGV[8], 'PX', ARGV[9]) end
 end
 
 if not m[1] then
+  local cap = tonumber(ARGV[6])
+  if leasing and KEYS[8] and cap > 0 and not redis.call('ZSCORE', KEYS[8], ARGV[5])
+      and redis.call('ZCARD', KEYS[8]) >= cap then
+    return 'full'
+  end
   take_lease()
   return false
 end
@@ -111,6 +176,7 @@ local count = redis.call('HINCRBY', KEYS[1], 'request_count', 1)
 -- the count is unique per session: requests in one millisecond stay separate members
 if rpm then redis.call('ZADD', KEYS[3], ARGV[2], count) end
 refresh(ARGV[3], rpm)
+if KEYS[8] then touch_owner(KEYS[8], KEYS[9], ARGV[7]) end
 take_lease()
 return {m[1], m[3], redis.call('LRANGE', KEYS[2], 0, -1), m[6] or ''}
 """
@@ -118,14 +184,18 @@ return {m[1], m[3], redis.call('LRANGE', KEYS[2], 0, -1), m[6] or ''}
 
 # ARGV: [1] now, [2] ttl_ms, [3] drop_leading, [4] tail_leading_system, [5] title_hint
 # ("-"/"+t"), [6] create "0"/"1", [7..15] create fields, [16] lease token ("-"/"+token"),
-# [17] kept key ("-" none), [18] kept value, [19] now_ms, [20] kept ttl_ms, [21] usage pair
-# count, usage name/value pairs, head count, head elements, tail elements.
-# -> ok | new | missing | ended | expired. Whatever the result, the lease is released if the
+# [17] kept key ("-" none), [18] kept value, [19] now_ms, [20] kept ttl_ms, [21] session id,
+# [22] max sessions per owner (0 none), [23] index ttl_ms, [24] usage pair count, usage
+# name/value pairs, head count, head elements, tail elements.
+# -> ok | new | missing | ended | expired | limited (with the index keys: absent, and the owner
+# at the cap: nothing written). Whatever the result, the lease is released if the
 # token still holds it; a turn that lost its lease is still written (it happened), but the
 # lease of the turn that took it over is left alone. The reply is kept only with a written
 # turn; the kept keys expire with their newest entry, and never after the session would.
 COMMIT = (
     _REFRESH
+    + OWNER_LUA
+    + _NUMBER
     + _CREATE_META
     + _APPEND
     + """
@@ -138,6 +208,9 @@ local m = redis.call('HMGET', meta, 'status', 'expires_at', 'anchor', 'expires_a
 local created = false
 if not m[1] then
   if ARGV[6] == '0' then return done('missing') end
+  if KEYS[8] and list_owner(KEYS[8], KEYS[9], ARGV[21], true, ARGV[22], ARGV[23]) < 0 then
+    return done('limited')
+  end
   create_meta(now, 7)
   m = {'active', ARGV[9], ARGV[10], ARGV[11], ARGV[12]}
   created = true
@@ -150,17 +223,29 @@ end
 
 -- Usage first: a script that fails midway keeps what it wrote, so do the one write that
 -- can fail (HINCRBY overflow) before touching the history.
-local i = 22 + 2 * tonumber(ARGV[21])
-for j = 22, i - 1, 2 do redis.call('HINCRBY', meta, ARGV[j], ARGV[j + 1]) end
+local i = 25 + 2 * tonumber(ARGV[24])
+for j = 25, i - 1, 2 do redis.call('HINCRBY', meta, ARGV[j], ARGV[j + 1]) end
 
 local len = redis.call('LLEN', msgs)
 local drop = tonumber(ARGV[3])  -- negative: DROP_ALL
 if drop < 0 or drop > len then drop = len end
 local rest_len = len - drop
 local rest_lead = math.max((tonumber(redis.call('HGET', meta, 'leading_system')) or 0) - drop, 0)
+-- nil: a session from before the id index, numbered when a page first looks an id up
+local base = tonumber(redis.call('HGET', meta, 'id_base'))
 if rest_len == 0 then
-  redis.call('DEL', msgs)
+  redis.call('DEL', msgs, KEYS[7])
+  base = base and 0
 elseif drop > 0 then
+  if base then
+    for first = 0, drop - 1, 1000 do
+      for _, e in ipairs(redis.call('LRANGE', msgs, first, math.min(first + 999, drop - 1))) do
+        local id = string.match(e, ID)
+        if id then redis.call('HDEL', KEYS[7], id) end
+      end
+    end
+    base = base + drop
+  end
   redis.call('LTRIM', msgs, drop, -1)
 end
 
@@ -176,6 +261,12 @@ while last >= head_first do
   last = first - 1
 end
 append(tail_first)
+if base then
+  base = base - n_head
+  number_ids(head_first, tail_first - 1, base)
+  number_ids(tail_first, #ARGV, base + n_head + rest_len)
+  redis.call('HSET', meta, 'id_base', base)
+end
 
 local lead = n_head + rest_lead
 if rest_lead == rest_len then lead = lead + tonumber(ARGV[4]) end
@@ -188,6 +279,7 @@ if ARGV[5] ~= '-' and redis.call('HEXISTS', meta, 'title') == 0 then
   redis.call('HSET', meta, 'title', string.sub(ARGV[5], 2))
 end
 refresh(ARGV[2], m[5] and m[5] ~= '')
+if KEYS[8] and not created then touch_owner(KEYS[8], KEYS[9], ARGV[23]) end
 if ARGV[17] ~= '-' then
   local now_ms, kept_ms = tonumber(ARGV[19]), tonumber(ARGV[20])
   local gone = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now_ms)
@@ -207,17 +299,22 @@ return done('ok')
 """
 )
 
-# ARGV: [1] now, [2] ttl_ms, [3..11] create fields, [12] leading_system, messages.
-# -> false (the id is taken) | HGETALL
+# ARGV: [1] now, [2] ttl_ms, [3..11] create fields, [12] session id, [13] max sessions per
+# owner (0 none), [14] index ttl_ms, [15] leading_system, messages.
+# -> false (the id is taken) | 'full' (with the index keys: the owner is at the cap) | HGETALL
 CREATE = (
     _REFRESH
+    + OWNER_LUA
+    + _NUMBER
     + _CREATE_META
     + _APPEND
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+if KEYS[8] and list_owner(KEYS[8], KEYS[9], ARGV[12], true, ARGV[13], ARGV[14]) < 0 then return 'full' end
 create_meta(ARGV[1], 3)
-append(13)
-redis.call('HSET', KEYS[1], 'leading_system', ARGV[12], 'message_count', #ARGV - 12)
+append(16)
+number_ids(16, #ARGV, 0)
+redis.call('HSET', KEYS[1], 'leading_system', ARGV[15], 'message_count', #ARGV - 15)
 refresh(ARGV[2], false)
 return redis.call('HGETALL', KEYS[1])
 """
@@ -239,15 +336,10 @@ local m = redis.call('HMGET', KEYS[1], 'status', 'expires_at')
 if not m[1] then return false end
 local expires_at = tonumber(m[2])
 if m[1] == 'active' and not (expires_at and tonumber(ARGV[1]) >= expires_at) then
-  redis.call('DEL', KEYS[2], KEYS[5], KEYS[6])
-  redis.call('HSET', KEYS[1], 'message_count', 0, 'leading_system', 0)
+  redis.call('DEL', KEYS[2], KEYS[5], KEYS[6], KEYS[7])
+  redis.call('HSET', KEYS[1], 'message_count', 0, 'leading_system', 0, 'id_base', 0)
 end
 return redis.call('HGETALL', KEYS[1])
-"""
-
-MESSAGES = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-return redis.call('LRANGE', KEYS[2], 0, -1)
 """
 
 END = """
@@ -259,7 +351,7 @@ return redis.call('HGETALL', KEYS[1])
 # The lease is left alone: the turn holding it releases it, or it expires.
 DELETE = """
 local existed = redis.call('DEL', KEYS[1])
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[5], KEYS[6])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[5], KEYS[6], KEYS[7])
 return existed
 """
 
@@ -276,26 +368,3 @@ return 0
 """
 
 LEASES = (RENEW_LEASE, RELEASE_LEASE)
-
-# Owner index: KEYS index (sorted set), seq (counter), under the owner's own hash tag.
-# ARGV: session id, force "0"/"1". Adds the id at the newest position unless it is there
-# already (force: move it there). -> 1 written, 0 already listed
-INDEX_ADD = """
-if ARGV[2] == '0' and redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-redis.call('ZADD', KEYS[1], redis.call('INCR', KEYS[2]), ARGV[1])
-return 1
-"""
-
-# KEYS index. ARGV: id, score pairs. Removes each entry still at the score it was read
-# with: one that a concurrent create moved meanwhile belongs to a live session.
-INDEX_DROP = """
-for i = 1, #ARGV, 2 do
-  if redis.call('ZSCORE', KEYS[1], ARGV[i]) == ARGV[i + 1] then redis.call('ZREM', KEYS[1], ARGV[i]) end
-end
-return 0
-"""
-
-OWNER_SECRET = """
-redis.call('SET', KEYS[1], ARGV[1], 'NX')
-return redis.call('GET', KEYS[1])
-"""
