@@ -405,3 +405,31 @@ def test_a_second_authorization_header_is_refused_never_forwarded(stack: Stack) 
             assert response.status_code == 400
             assert response.json()["error"]["code"] == "duplicate_authorization"
     assert len(stack.upstream.received) == forwarded
+
+
+def test_a_client_secret_keeps_to_its_dialect_model_and_reply_length(stack: Stack, http: httpx2.Client) -> None:
+    owner = Party(http, stack, credential("bearer", "owner"))
+    pins = {"expires_after": 600, "model": "small-model", "max_tokens": 50}
+    made = owner.request("POST", SESSIONS, json={"client_secret": pins}).json()
+    assert made["rate_limits"] == {"max_requests_per_1_minute": 20}  # a browser-driven session gets a limit
+    browser = Party(http, stack, Credential("bearer", made["client_secret"]["value"]))
+    body = {"model": "big-model", "max_tokens": 4000, "max_completion_tokens": 4000, "messages": [user("hi")]}
+    assert browser.request("POST", CHAT, json=body).status_code == 200
+    sent = stack.upstream.chat_requests[-1].json
+    assert (sent["model"], sent["max_tokens"], sent["max_completion_tokens"]) == ("small-model", 50, 50)
+    forwarded = len(stack.upstream.received)
+    other_dialect = {"model": "c", "max_tokens": 5, "messages": [user("hi")]}
+    refused = browser.request("POST", "/v1/messages", json=other_dialect)
+    assert refused.status_code == 403
+    assert refused.json()["error"]["type"] == "permission_error"  # the Anthropic error shape
+    assert len(stack.upstream.received) == forwarded
+
+    claude = owner.request("POST", SESSIONS, json={"client_secret": {"dialect": "anthropic", "max_tokens": 10}}).json()
+    anthropic_browser = Party(http, stack, Credential("bearer", claude["client_secret"]["value"]))
+    assert (
+        anthropic_browser.request("POST", "/v1/messages", json={**other_dialect, "max_tokens": 999}).status_code == 200
+    )
+    assert stack.upstream.received[-1].json["max_tokens"] == 10
+    assert anthropic_browser.request("POST", CHAT, json={"model": "m", "messages": [user("x")]}).status_code == 403
+    bad = owner.request("POST", SESSIONS, json={"client_secret": {"dialect": "cohere"}})
+    assert bad.status_code == 400

@@ -24,8 +24,8 @@ LAYERS = {
     # adapters
     "stores": 4, "stores.memory": 3, "stores.redis": 3, "upstream": 3, "sessions.leases": 5, "sessions.service": 6,
     # ASGI
-    "asgi": 1, "asgi.guards": 1, "asgi.request_body": 1, "asgi.api_models": 3, "asgi.openapi": 0, "asgi.replies": 5,
-    "asgi.tap": 6,
+    "asgi": 1, "asgi.guards": 1, "asgi.request_body": 1, "asgi.pins": 0, "asgi.api_models": 3, "asgi.openapi": 0,
+    "asgi.replies": 5, "asgi.tap": 6,
     "asgi.passthrough": 6, "asgi.chat": 7, "asgi.management": 6, "asgi.simple_chat": 8, "asgi.middleware": 9,
     # composition
     "routes": 1, "app": 10, "server": 11, "cli": 12, "__main__": 13, "__init__": 13,

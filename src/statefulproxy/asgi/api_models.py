@@ -33,6 +33,8 @@ MAX_TITLE = 256
 MAX_EXPIRY_SECONDS = 365 * 24 * 3600
 MAX_CLIENT_SECRET_SECONDS = 7 * 24 * 3600
 DEFAULT_CLIENT_SECRET_SECONDS = 600
+SECRET_RPM = 20  # the per-minute limit of a session created with a client secret, unless it sets one
+SECRET_DIALECTS = ("openai", "anthropic", "ollama", "gemini")
 MAX_COUNT = 2**31 - 1  # any count a client sets: JSON allows integers too big to write back
 
 Order = Literal["asc", "desc"]
@@ -42,6 +44,7 @@ Order = Literal["asc", "desc"]
 class CreateRequest:
     new: NewSession
     client_secret_seconds: int | None  # None: no client secret asked for
+    client_secret_grant: dict[str, Any] = dataclasses.field(default_factory=dict)  # dialect, model, max_tokens pins
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +142,11 @@ def parse_create(body: Mapping[str, Any]) -> CreateRequest:
         limits=limits,
         history_window=_history_window(body.get("history_window")),
     )
-    return CreateRequest(new, _client_secret_seconds(body))
+    seconds, grant = _client_secret(body)
+    if seconds is not None and limits.max_requests_per_1_minute is None:
+        # a browser holds the secret: a session it may drive gets a rate limit unless one was set
+        new = dataclasses.replace(new, limits=dataclasses.replace(limits, max_requests_per_1_minute=SECRET_RPM))
+    return CreateRequest(new, seconds, grant)
 
 
 def parse_update(body: Mapping[str, Any]) -> UpdateRequest:
@@ -351,16 +358,28 @@ def _rate_limits(value: object) -> int | None:
     return _optional_int(value.get("max_requests_per_1_minute"), "rate_limits.max_requests_per_1_minute", 1, MAX_COUNT)
 
 
-def _client_secret_seconds(body: Mapping[str, Any]) -> int | None:
+def _client_secret(body: Mapping[str, Any]) -> tuple[int | None, dict[str, Any]]:
+    """(seconds, pins) of a requested client secret; (None, {}) when none is asked for."""
     if "client_secret" not in body or body["client_secret"] is None:
-        return None
+        return None, {}
     value = body["client_secret"]
     param = "client_secret"
-    if not isinstance(value, dict) or set(value) - {"expires_after"}:
-        raise ClientError(400, "'client_secret' must be {\"expires_after\": seconds}.", param=param)
+    if not isinstance(value, dict) or set(value) - {"expires_after", "dialect", "model", "max_tokens"}:
+        message = '\'client_secret\' must be {"expires_after": seconds, "dialect", "model", "max_tokens"}.'
+        raise ClientError(400, message, param=param)
     expires_after = value.get("expires_after", DEFAULT_CLIENT_SECRET_SECONDS)
     if isinstance(expires_after, dict):  # OpenAI's form: {"anchor": "created_at", "seconds": n}
         if expires_after.get("anchor", "created_at") != "created_at" or set(expires_after) - {"anchor", "seconds"}:
             raise ClientError(400, "'client_secret.expires_after' anchors at created_at.", param=param)
         expires_after = expires_after.get("seconds")
-    return _required_int(expires_after, "client_secret.expires_after", 1, MAX_CLIENT_SECRET_SECONDS)
+    seconds = _required_int(expires_after, "client_secret.expires_after", 1, MAX_CLIENT_SECRET_SECONDS)
+    dialect = value.get("dialect")
+    if dialect is None:
+        dialect = "openai"
+    elif not isinstance(dialect, str) or dialect not in SECRET_DIALECTS:
+        raise ClientError(400, f"'client_secret.dialect' must be one of {', '.join(SECRET_DIALECTS)}.", param=param)
+    model = value.get("model")
+    if model is not None and (not isinstance(model, str) or not model):
+        raise ClientError(400, "'client_secret.model' must be a non-empty string.", param=param)
+    max_tokens = _optional_int(value.get("max_tokens"), "client_secret.max_tokens", 1, MAX_COUNT)
+    return seconds, {"dialect": dialect, "model": model, "max_tokens": max_tokens}

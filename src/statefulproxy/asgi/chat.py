@@ -29,6 +29,7 @@ from ..sessions.service import Recorded, TurnRequest, TurnService
 from ..settings import Settings
 from ..types import ASGIApp, Headers, Message, Receive, Scope, Send
 from .passthrough import DIALECT_KEY
+from .pins import pin
 from .replies import send_error, send_failure
 from .request_body import check_integers, decoded
 from .tap import ResponseTap, with_session_id
@@ -159,6 +160,13 @@ class ChatTurn:
         sent = dialect.parse(parsed)
         if self.grant is not None:
             _only_user_turns(sent)
+            if dialect.name != self.grant.dialect:
+                raise ClientError(
+                    403,
+                    f"This client secret chats in the {self.grant.dialect} dialect only.",
+                    type="permission_error",
+                    code="client_secret_dialect",
+                )
         key = idempotency_key(headers, self.body) if record else None  # an unrecorded turn keeps no reply
         try:
             # the owner's hash needs the store's shared secret on a first request
@@ -174,7 +182,7 @@ class ChatTurn:
             owner=owner or "",
             session_id=session_id,
             record=record,
-            body=self._consumed_removed(parsed),
+            body=self._pinned(self._consumed_removed(parsed)),
             sent=sent,
             metadata=parsed.get("metadata"),
             key=key,
@@ -225,6 +233,13 @@ class ChatTurn:
             return True
         task.cancel()
         return False
+
+    def _pinned(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A client secret's body with the model and reply length its creator pinned (issue 10, defect 6)."""
+        grant = self.grant
+        if grant is None or (grant.model is None and grant.max_tokens is None):
+            return body
+        return pin(body, self.dialect.name, grant.model, grant.max_tokens)
 
     def _reasoning_field(self) -> ReasoningField:
         chosen = self.settings.replay_reasoning

@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl
 
+import orjson
+
 from ..dialects.base import SYSTEM_ROLES
 from ..errors import ClientError, StoreError
 from ..sessions.identity import SESSION_ID_PATTERN, Grant, client_secret_hash, mint_client_secret, mint_session_id
@@ -183,7 +185,8 @@ class ManagementAPI:
         if request.client_secret_seconds is not None:
             token = mint_client_secret()
             seconds = request.client_secret_seconds
-            await self.store.put_client_secret(client_secret_hash(token.encode()), owner, record.id, seconds)
+            grant = orjson.dumps(request.client_secret_grant)
+            await self.store.put_client_secret(client_secret_hash(token.encode()), owner, record.id, seconds, grant)
             body["client_secret"] = {"value": token, "expires_at": int(time.time()) + seconds}
         return 201, body
 

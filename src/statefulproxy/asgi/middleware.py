@@ -156,8 +156,7 @@ class SessionMiddleware:
             error = ClientError(401, "Invalid or expired client secret.", type="authentication_error")
             await send_error(send, error)
             return None
-        owner, session_id, _ = found  # the record's grant bytes are not used yet
-        return Grant(owner, session_id)
+        return Grant.from_record(*found)
 
     async def aclose(self) -> None:
         """Drain the turn service's background work, and close the store if the middleware made it."""

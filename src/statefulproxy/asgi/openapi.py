@@ -19,6 +19,7 @@ MAX_EXPIRY_SECONDS = 365 * 24 * 3600
 MAX_CLIENT_SECRET_SECONDS = 7 * 24 * 3600
 MAX_COUNT = 2**31 - 1
 _COUNT = {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_COUNT}
+_INT = {"type": "integer"}
 
 Schema = dict[str, Any]
 
@@ -351,15 +352,11 @@ def _schemas() -> dict[str, Schema]:
             **_strict(["max_messages", "max_tokens"], max_messages=limit, max_tokens=limit),
             "description": "What is spliced upstream (never what is stored), 0 no limit; null: the settings' window.",
         },
-        "RateLimits": _strict(
-            ["max_requests_per_1_minute"],
-            max_requests_per_1_minute={"type": ["integer", "null"], "minimum": 1, "maximum": MAX_COUNT},
-        ),
+        "RateLimits": _strict(["max_requests_per_1_minute"], max_requests_per_1_minute=_COUNT),
         "ClientSecret": _strict(
-            ["value", "expires_at"], value={"type": "string", "pattern": "^spcs_"}, expires_at={"type": "integer"}
+            ["value", "expires_at"], value={"type": "string", "pattern": "^spcs_"}, expires_at=_INT
         ),
-        # As in OpenAI's API, null stands for an absent field; client_secret.expires_after
-        # defaults to 600 seconds and its object form to the created_at anchor.
+        # null stands for an absent field (OpenAI's way); client_secret.expires_after defaults to 600 s
         "CreateSessionRequest": _strict(
             [],
             title=title,
@@ -379,6 +376,9 @@ def _schemas() -> dict[str, Schema]:
                             _strict(["seconds"], anchor={"const": "created_at"}, seconds=secret_seconds),
                         ]
                     },
+                    dialect={"enum": ["openai", "anthropic", "ollama", "gemini", None]},
+                    model={"type": ["string", "null"], "minLength": 1},
+                    max_tokens={**_COUNT},
                 )
             ),
         ),

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+import orjson
+
 from ..errors import ClientError
 
 SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -147,10 +149,19 @@ CLIENT_SECRET_PREFIX = "spcs_"
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """What a client secret opens: one session of one owner."""
+    """What a client secret opens: one session of one owner, on the chat path of one dialect,
+    with the model and the reply length its creator may have pinned."""
 
     owner: str
     session_id: str
+    dialect: str = "openai"
+    model: str | None = None
+    max_tokens: int | None = None
+
+    @classmethod
+    def from_record(cls, owner: str, session_id: str, pins: bytes) -> Grant:
+        found = orjson.loads(pins) if pins else {}
+        return cls(owner, session_id, found.get("dialect") or "openai", found.get("model"), found.get("max_tokens"))
 
 
 def mint_client_secret() -> str:
