@@ -24,7 +24,7 @@ LAYERS = {
     # adapters
     "stores": 4, "stores.memory": 3, "stores.redis": 3, "upstream": 3, "sessions.leases": 5, "sessions.service": 6,
     # ASGI
-    "asgi": 1, "asgi.guards": 1, "asgi.request_body": 1, "asgi.pins": 0, "asgi.api_models": 3, "asgi.openapi": 0,
+    "asgi": 1, "asgi.guards": 1, "asgi.request_body": 2, "asgi.pins": 0, "asgi.api_models": 3, "asgi.openapi": 0,
     "asgi.replies": 5, "asgi.tap": 6,
     "asgi.passthrough": 6, "asgi.chat": 7, "asgi.management": 6, "asgi.simple_chat": 8, "asgi.middleware": 9,
     # composition

@@ -43,6 +43,7 @@ from .api_models import (
 )
 from .openapi import OPENAPI_PATH_SUFFIX, openapi_document
 from .replies import send_error, send_failure, send_object
+from .request_body import read_body
 
 logger = logging.getLogger("statefulproxy")
 
@@ -273,19 +274,7 @@ async def _message_objects(messages: Sequence[StoredMessage]) -> list[dict[str, 
 
 
 async def _read_body(receive: Receive) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientError(400, "The client disconnected.")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_MANAGEMENT_BODY:
-            raise ClientError(413, "The request body is too large.", code="request_too_large")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    return await read_body(receive, MAX_MANAGEMENT_BODY)
 
 
 def _found(value: Any, session_id: str) -> Any:

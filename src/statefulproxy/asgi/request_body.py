@@ -13,6 +13,7 @@ import re
 import zlib
 
 from ..errors import ClientError
+from ..types import Receive
 
 _BOM = b"\xef\xbb\xbf"
 _LONG_DIGITS = re.compile(rb"-\d{19}|\d{20}")  # the shortest integers past 64 bits
@@ -68,3 +69,20 @@ def _has_huge_integer(value: object) -> bool:
         elif isinstance(item, list):
             stack.extend(item)
     return False
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    """A whole request body of at most ``limit`` bytes (413 past it; 400 if the client leaves)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientError(400, "The client disconnected.")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise ClientError(413, "The request body is too large.", code="request_too_large")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)

@@ -31,6 +31,7 @@ from ..types import Headers, Message, Receive, Scope, Send
 from .api_models import message_object
 from .chat import ChatTurn, TurnContext
 from .replies import send_json
+from .request_body import read_body
 
 PAGE_SIZE = 20
 MAX_BODY = 1024 * 1024
@@ -161,21 +162,9 @@ def _iso(message: dict[str, Any]) -> str:
 
 
 async def _read_json(receive: Receive) -> dict[str, Any]:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientError(400, "The client disconnected.")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise ClientError(413, "The request body is too large.")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
+    raw = await read_body(receive, MAX_BODY)
     try:
-        parsed = orjson.loads(b"".join(chunks))
+        parsed = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise ClientError(400, "The request body must be a JSON object.") from None
     if not isinstance(parsed, dict):
