@@ -31,6 +31,8 @@ class ProxyApp:
             )
         self.settings = settings
         self.routes = settings.route_table
+        only = self.routes[0] if len(self.routes) == 1 else None
+        self.only_route = only if only is not None and not only.prefix and not only.chat_paths else None
         self.upstream = UpstreamClient(
             timeouts=UpstreamTimeouts(connect=settings.connect_timeout, read=settings.read_timeout),
             max_connections=settings.upstream_max_connections,
@@ -75,6 +77,10 @@ class ProxyApp:
         # websockets are not proxied: returning without accepting closes them
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.only_route is not None:  # --upstream alone: nothing to match
+            scope[ROUTE_KEY] = self.only_route
+            await self.sessions(scope, receive, send)
+            return
         found = match_route(self.routes, scope["path"])
         if found is None:
             message = f"No route for '{scope['path']}'."

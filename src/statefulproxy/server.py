@@ -5,8 +5,8 @@ uvicorn with httptools waits for a request's headers and body as long as the cli
 is its HTTP protocol plus two timers, as nginx has them: ``client_header_timeout`` from the
 first byte of a request to the end of its headers (a 408, then the connection closes), and
 ``client_body_timeout`` between two reads of a body (the connection closes; the app sees the
-client disconnect). The values come from the app's lifespan state, so worker processes need
-no module state of their own.
+client disconnect), checked by one watchdog per connection. The values come from the app's
+lifespan state, so worker processes need no module state of their own.
 """
 
 from __future__ import annotations
@@ -25,61 +25,62 @@ from .settings import CLIENT_TIMEOUTS_STATE, LogLevel, Settings
 _REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
-class ClientTimeoutsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, closing connections whose client is too slow to send a request."""
+_IDLE, _HEADERS, _BODY = 0, 1, 2
 
-    _timer: asyncio.TimerHandle | None = None
-    _reading_headers = False
+
+class ClientTimeoutsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, closing connections whose client is too slow to send a request.
+
+    One watchdog timer per connection, not a timer per request: a request only notes when its
+    current phase (headers, then each piece of body) began, and the watchdog, every quarter of the
+    shorter timeout, closes the connection whose phase has run past its limit.
+    """
+
+    _watchdog: asyncio.TimerHandle | None = None
+    _phase = _HEADERS  # a new connection owes its first request's headers
+    _since = 0.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm_headers()
+        timeouts = self.app_state.get(CLIENT_TIMEOUTS_STATE)
+        if timeouts is not None:
+            self._limits = timeouts
+            self._since = self.loop.time()
+            self._watchdog = self.loop.call_later(min(timeouts) / 4, self._check)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if not self._reading_headers:
-            self._arm_headers()
+        self._phase, self._since = _HEADERS, self.loop.time()
 
     def on_headers_complete(self) -> None:
-        self._reading_headers = False
+        self._phase, self._since = _BODY, self.loop.time()
         super().on_headers_complete()
-        self._arm(1, self._body_timed_out)
 
     def on_body(self, body: bytes) -> None:
+        self._since = self.loop.time()
         super().on_body(body)
-        self._arm(1, self._body_timed_out)
 
     def on_message_complete(self) -> None:
-        self._disarm()
+        self._phase = _IDLE
         super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         super().connection_lost(exc)
 
-    def _arm_headers(self) -> None:
-        self._reading_headers = True
-        self._arm(0, self._headers_timed_out)
-
-    def _arm(self, which: int, handler: Any) -> None:
-        self._disarm()
-        timeouts = self.app_state.get(CLIENT_TIMEOUTS_STATE)
-        if timeouts is not None:
-            self._timer = self.loop.call_later(timeouts[which], handler)
-
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _headers_timed_out(self) -> None:
-        if not self.transport.is_closing():
+    def _check(self) -> None:
+        if self.transport.is_closing():
+            return
+        header_timeout, body_timeout = self._limits
+        waited = self.loop.time() - self._since
+        if self._phase == _HEADERS and waited > header_timeout:
             self.transport.write(_REQUEST_TIMEOUT)
             self.transport.close()
-
-    def _body_timed_out(self) -> None:
-        if not self.transport.is_closing():
+        elif self._phase == _BODY and waited > body_timeout:
             self.transport.close()  # the app's receive() reports the disconnect
+        else:
+            self._watchdog = self.loop.call_later(min(self._limits) / 4, self._check)
 
 
 def serve(settings: Settings, cli: dict[str, Any] | None = None) -> None:

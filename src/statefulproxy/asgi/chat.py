@@ -93,13 +93,6 @@ class ChatTurn:
 
     async def run(self) -> None:
         try:
-            await self._run_watched()
-        finally:
-            if self.watching is not None:
-                self.watching.cancel()
-
-    async def _run_watched(self) -> None:
-        try:
             await self._run()
         except ClientError as error:
             await send_error(self.send, error, self.dialect)
@@ -109,6 +102,9 @@ class ChatTurn:
             logger.error("session store unavailable: %s", exc)
             message = "The session store is unavailable."
             await send_failure(self.send, 503, message, "store_error", "store_unavailable", self.dialect)
+        finally:
+            if self.watching is not None:
+                self.watching.cancel()
 
     async def _run(self) -> None:
         headers: Headers = self.scope["headers"]
