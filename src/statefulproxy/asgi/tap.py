@@ -61,17 +61,15 @@ class ResponseTap:
         # when the send in progress began: a client that stops reading keeps it from returning
         self.sending_since = self._loop.time()
         try:
-            await self._relay(message)
+            kind = message["type"]
+            if kind == "http.response.body":  # the commonest, first
+                await self._on_body(message)
+            elif kind == "http.response.start":
+                await self._on_start(message)
+            else:
+                await self._send(message)
         finally:
             self.sending_since = None
-
-    async def _relay(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            await self._on_start(message)
-        elif message["type"] == "http.response.body":
-            await self._on_body(message)
-        else:
-            await self._send(message)
 
     async def _on_start(self, message: Message) -> None:
         headers: Headers = [
