@@ -111,6 +111,8 @@ class TurnLease:
 
     async def release(self) -> None:
         """Stop renewing and drop the lease unless a commit already released it."""
+        # still_wanted refers back to the turn's task: keeping it would make every turn cyclic garbage
+        self._still_wanted = None
         if self._timer is not None:
             self._timer.cancel()
         if self._renewing is not None:
