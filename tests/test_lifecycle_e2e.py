@@ -256,3 +256,12 @@ def test_another_credentials_session_is_404_on_every_endpoint(
     with stack.http("owner") as owner:
         kept = owner.get(f"/v1/sessions/{session_id}").json()
     assert (kept["title"], kept["status"]) == ("private", "active")
+
+
+def test_a_session_a_chat_turn_created_counts_every_turn(stack: Stack) -> None:
+    # the first turn found no session to count in and created it: it is a request all the same
+    for text in ("one", "two", "three"):
+        chat(stack, "counted", text)
+    with stack.client("key-1") as client:
+        session = client.get("/sessions/counted", cast_to=object)
+    assert (session["message_count"], session["request_count"]) == (6, 3)  # type: ignore[index]

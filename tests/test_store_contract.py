@@ -501,6 +501,23 @@ async def test_redis_ttl_is_set_and_refreshed_on_both_keys(make_store: StoreFact
 
 
 @pytest.mark.parametrize("backend", ["redis", "cluster"])
+async def test_redis_a_commit_right_after_its_load_gives_the_keys_it_makes_a_ttl(make_store: StoreFactory) -> None:
+    # the load refreshed every TTL a moment ago, so the commit leaves those; but the history list
+    # of an empty session, and the message id index, are made by the commit itself
+    store = make_store(ttl=100)
+    await store.create(SCOPE, "s1", NewSession())
+    assert len(await make_store.pttls(store)) == 1
+    assert await store.load(SCOPE, "s1") is not None
+    assert await store.commit(SCOPE, "s1", turn("u1", "a1")) == "ok"
+    ttls = await make_store.pttls(store)
+    assert len(ttls) == 2
+    assert all(90_000 < ttl <= 100_000 for ttl in ttls.values()), ttls
+    ids = [key for key in await make_store.keys(store) if key.endswith(":ids")]
+    assert len(ids) == 1
+    assert 90_000 < await make_store.diagnostics.pttl(ids[0]) <= 100_000
+
+
+@pytest.mark.parametrize("backend", ["redis", "cluster"])
 async def test_redis_session_disappears_after_real_idle_ttl(make_store: StoreFactory) -> None:
     store = make_store(ttl=0.3)
     await store.commit(SCOPE, "s1", turn("u1", "a1", create=NewSession()))
@@ -521,6 +538,14 @@ async def test_redis_without_ttl_keys_persist(make_store: StoreFactory) -> None:
     await store.commit(SCOPE, "s1", turn("u1", create=NewSession()))
     await store.load(SCOPE, "s1")
     assert list((await make_store.pttls(store)).values()) == [-1, -1]
+    # a session whose history the commit makes, and a rate window a load makes
+    limited = NewSession(limits=SessionLimits(max_requests_per_1_minute=5))
+    await store.create(SCOPE, "s2", limited)
+    assert await store.load(SCOPE, "s2") is not None
+    assert await store.commit(SCOPE, "s2", turn("u1", "a1")) == "ok"
+    assert await history(store, "s2") == ["u1", "a1"]
+    assert len(await make_store.pttls(store)) == 5
+    assert set((await make_store.pttls(store)).values()) == {-1}
 
 
 @pytest.mark.parametrize("backend", ["redis", "cluster"])

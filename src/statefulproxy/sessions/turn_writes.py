@@ -77,7 +77,9 @@ def turn_write(
         usage=reply.usage or {},
         # a session with history has its title: only a new or empty one needs the hint
         title_hint=title_from(sent) if create or plan.mode == "new" else None,
-        create=NewSession(metadata=session_metadata(parsed_metadata), namespace=namespace) if create else None,
+        create=NewSession(metadata=session_metadata(parsed_metadata), namespace=namespace, request_count=1)
+        if create
+        else None,
     )
 
 

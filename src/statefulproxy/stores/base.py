@@ -108,6 +108,19 @@ class SessionRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class RestoredSession:
+    """A whole session to write back as it was (an import): ``record``'s fields, ``messages`` its history.
+
+    ``record.message_count`` is ``len(messages)``; ``leading_system`` counts the leading
+    system/developer messages. An ``expired`` status is not stored: it follows from ``expires_at``.
+    """
+
+    record: SessionRecord
+    messages: Sequence[StoredMessage]
+    leading_system: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class NewSession:
     """Fields for a session that a turn (or POST /v1/sessions, or a fork) creates."""
 
@@ -117,6 +130,7 @@ class NewSession:
     limits: SessionLimits = field(default_factory=SessionLimits)
     history_window: HistoryWindow | None = None
     namespace: str | None = None  # None or "": none
+    request_count: int = 0  # 1 for a session a chat turn creates: that turn is its first request
 
     def __post_init__(self) -> None:
         check_window(self.history_window)
@@ -242,6 +256,16 @@ class Store(Protocol):
         Sets the title from ``new.title`` only (no hint), and lists it in the owner's index.
         Raises ClientError 429 ``session_limit_reached`` (nothing written) when the owner
         already has ``max_sessions_per_owner`` sessions.
+        """
+
+    async def restore(self, owner: str, restored: RestoredSession, *, replace: bool = False) -> bool:
+        """Write ``restored`` under its id, atomically (a half-written session is never seen); False
+        if the id is taken, unless ``replace``: then the session there is replaced.
+
+        Every field of the record is kept (created_at, last_active_at, request_count, usage, ...);
+        the inactivity TTL starts afresh, and no lease, rate window or kept reply comes with it. It
+        is listed as the owner's newest session. Raises ClientError 429 ``session_limit_reached``
+        (nothing written) when a new session would take the owner past ``max_sessions_per_owner``.
         """
 
     async def get(self, owner: str, session_id: str) -> SessionRecord | None: ...

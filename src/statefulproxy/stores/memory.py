@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 from ..errors import SessionBusy
+from . import memory_restore
 from .base import (
     UNCHANGED,
     CommitResult,
@@ -26,6 +27,7 @@ from .base import (
     Lease,
     MessagePage,
     NewSession,
+    RestoredSession,
     SessionRecord,
     SessionSnapshot,
     SessionStatus,
@@ -177,6 +179,9 @@ class MemoryStore:
         session = self._add(owner, session_id, new, now)
         session.set_history(messages, leading_system)
         return session.record(session_id, now)
+
+    async def restore(self, owner: str, restored: RestoredSession, *, replace: bool = False) -> bool:
+        return memory_restore.restore(self, owner, restored, replace)
 
     async def get(self, owner: str, session_id: str) -> SessionRecord | None:
         now = self._clock()
@@ -348,6 +353,7 @@ class MemoryStore:
             metadata=dict(new.metadata),
             deadline=self._deadline(now),
             expires_after=new.expires_after,
+            request_count=new.request_count,
             limits=new.limits,
             history_window=new.history_window,
             namespace=new.namespace or None,

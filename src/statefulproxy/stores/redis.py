@@ -31,6 +31,8 @@ import orjson
 
 from ..errors import ConfigError, SessionBusy, StoreError
 from . import redis_history as history
+from . import redis_manage_scripts as manage
+from . import redis_restore
 from . import redis_scripts as lua
 from .base import (
     UNCHANGED,
@@ -39,6 +41,7 @@ from .base import (
     Lease,
     MessagePage,
     NewSession,
+    RestoredSession,
     SessionRecord,
     SessionSnapshot,
     SessionStatus,
@@ -110,9 +113,9 @@ class RedisStore:
             meta_key=lambda owner, session_id: self._keys(owner, session_id)[0],
             record=self._record,
         )
-        sources = (lua.LOAD, lua.COMMIT, lua.CREATE, lua.UPDATE, lua.CLEAR, history.MESSAGES, lua.END, lua.DELETE)
+        turns = (lua.LOAD, lua.COMMIT, lua.CREATE, manage.UPDATE, manage.CLEAR, history.MESSAGES, manage.END)
         reads = (history.MESSAGES_PAGE, history.MESSAGE_POSITIONS)
-        self._scripts = tuple(Script(s) for s in (*sources, *reads, *lua.LEASES))
+        self._scripts = tuple(Script(s) for s in (*turns, manage.DELETE, *reads, *manage.LEASES))
         self._load, self._commit, self._create, self._update, self._clear, self._messages = self._scripts[:6]
         self._end, self._delete, self._page, self._positions, self._renew_lease, self._release_lease = self._scripts[6:]
 
@@ -186,7 +189,7 @@ class RedisStore:
         new, now = write.create, self._clock()
         args: list[Any] = [int(now), self._ttl_ms, write.drop_leading, write.tail_leading_system]
         args.append(optional(write.title_hint))
-        args += ["0", *NO_NEW_FIELDS] if new is None else ["1", *new_fields(new, args[0])]
+        args += ["0", *NO_NEW_FIELDS] if new is None else [1 + new.request_count, *new_fields(new, args[0])]
         kept = write.idempotent
         args.append(optional(write.lease_token))
         args += ["-", "", "", ""] if kept is None else [kept.key, kept.value, round(now * 1000), kept.ttl_ms]
@@ -240,6 +243,9 @@ class RedisStore:
             return None
         await index.relist(owner, session_id, listed)
         return self._record(session_id, flat)
+
+    async def restore(self, owner: str, restored: RestoredSession, *, replace: bool = False) -> bool:
+        return await redis_restore.restore(self, owner, restored, replace)
 
     async def get(self, owner: str, session_id: str) -> SessionRecord | None:
         with translate_errors("get"):

@@ -24,10 +24,9 @@ from typing import Any, Literal
 from .base import SessionRecord, SessionStatus
 from .limits import NO_EXPIRY_RETRY, session_limit_error
 from .redis_codec import translate_errors
-from .redis_scripts import OWNER_LUA
+from .redis_scripts import OWNER_LUA, index_margin_ms
 from .resp import Script
 
-INDEX_MARGIN_MS = 1000  # an index refreshed beside its session (a Cluster) must not expire just before it
 _BATCH = 100  # index entries read per listing round trip, once the first batch is not enough
 _MAX_REMEMBERED = 10_000  # owners whose full index is remembered (see OwnerIndex.room_in)
 # ... for at most this long: a Redis evicting keys under maxmemory may drop a session before its TTL
@@ -86,7 +85,7 @@ class OwnerIndex:
     ) -> None:
         self._client = client
         self._prefix = prefix
-        self.ttl_ms = ttl_ms + INDEX_MARGIN_MS if ttl_ms else 0
+        self.ttl_ms = ttl_ms + index_margin_ms(ttl_ms) if ttl_ms else 0
         self.cap = cap
         self._meta_key = meta_key
         self._record = record

@@ -21,7 +21,15 @@ The history's paged reads are in stores/redis_history.py.
 
 from __future__ import annotations
 
+# A session's keys share one TTL, refreshed by a turn's load and commit only once it has run down
+# by a thousandth of itself (at least 1 s, at most 60 s): most turns then cost one PTTL, not three
+# or four PEXPIREs, and a session expires at most that much before session_ttl after its last turn.
 _REFRESH = """
+local function stale(ttl_ms)
+  ttl_ms = tonumber(ttl_ms)
+  local slack = math.min(60000, math.max(1000, math.floor(ttl_ms / 1000)))
+  return ttl_ms > 0 and redis.call('PTTL', KEYS[1]) < ttl_ms - slack
+end
 local function refresh(ttl_ms, limited)
   if tonumber(ttl_ms) > 0 then
     redis.call('PEXPIRE', KEYS[1], ttl_ms)
@@ -32,13 +40,25 @@ local function refresh(ttl_ms, limited)
 end
 """
 
+
+def index_margin_ms(session_ttl_ms: int) -> int:
+    """How long an owner's index outlives its sessions: a tenth of their TTL, within 1 s..60 s.
+
+    The index's TTL is refreshed only once it has used up about half of this margin (touch_owner),
+    so an owner's turns cost one PTTL rather than two PEXPIREs, and the index still outlives every
+    session whose TTL was set since: ttl/22 of the index's TTL is at most half the margin.
+    """
+    return min(60_000, max(1_000, session_ttl_ms // 10))
+
+
 # The owner's index: KEYS index (sorted set of session ids, scored by INCR of seq) and seq, both
 # kept as long as the owner's newest session may live (index ttl_ms: the session TTL and a margin).
 # list_owner: lists sid at the newest position (force: also when it is listed already). -> 1
 # listed now, 0 listed already (not forced), -1 nothing done: the owner has cap sessions (0: no cap)
 OWNER_LUA = """
 local function touch_owner(index, seq, ttl_ms)
-  if tonumber(ttl_ms) > 0 then
+  ttl_ms = tonumber(ttl_ms)
+  if ttl_ms > 0 and redis.call('PTTL', index) < ttl_ms - math.min(30000, math.floor(ttl_ms / 22)) then
     redis.call('PEXPIRE', index, ttl_ms)
     redis.call('PEXPIRE', seq, ttl_ms)
   end
@@ -65,7 +85,7 @@ _NUMBER = (
     ID_LUA
     + """
 local function number_ids(first, last, ordinal)
-  local numbered = {}
+  local numbered, wrote = {}, false
   for x = first, last do
     local id = string.match(ARGV[x], ID)
     if id then
@@ -75,8 +95,10 @@ local function number_ids(first, last, ordinal)
     if #numbered >= 1000 or (x == last and #numbered > 0) then
       redis.call('HSET', KEYS[7], unpack(numbered))
       numbered = {}
+      wrote = true
     end
   end
+  return wrote
 end
 """
 )
@@ -85,11 +107,12 @@ end
 # rpm, max_requests, namespace, history_window. Leftover list and window keys of a dead
 # session are stale: drop them.
 _CREATE_META = """
-local function create_meta(now, i)
+local function create_meta(now, i, requests)
   redis.call('DEL', KEYS[2], KEYS[3], KEYS[5], KEYS[6], KEYS[7])
   redis.call('HSET', KEYS[1], 'status', 'active', 'created_at', now, 'last_active_at', now,
     'metadata', ARGV[i + 1], 'expires_at', ARGV[i + 2], 'anchor', ARGV[i + 3], 'expires_after', ARGV[i + 4],
-    'rpm', ARGV[i + 5], 'max_requests', ARGV[i + 6], 'request_count', 0, 'leading_system', 0, 'message_count', 0,
+    'rpm', ARGV[i + 5], 'max_requests', ARGV[i + 6], 'request_count', requests, 'leading_system', 0,
+    'message_count', 0,
     'namespace', ARGV[i + 7], 'history_window', ARGV[i + 8], 'id_base', 0)
   if ARGV[i] ~= '-' then redis.call('HSET', KEYS[1], 'title', string.sub(ARGV[i], 2)) end
 end
@@ -165,9 +188,12 @@ if max_requests then
   end
 end
 local now_ms = tonumber(ARGV[2])
+local window_made = false
 if rpm then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms - 60000)
-  if redis.call('ZCARD', KEYS[3]) >= rpm then
+  local admitted = redis.call('ZCARD', KEYS[3])
+  window_made = admitted == 0
+  if admitted >= rpm then
     local oldest = tonumber(redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')[2])
     return {m[1], 0, {}, math.max(math.ceil((oldest + 60000 - now_ms) / 1000), 1), 'max_requests_per_1_minute'}
   end
@@ -175,18 +201,22 @@ end
 local count = redis.call('HINCRBY', KEYS[1], 'request_count', 1)
 -- the count is unique per session: requests in one millisecond stay separate members
 if rpm then redis.call('ZADD', KEYS[3], ARGV[2], count) end
-refresh(ARGV[3], rpm)
-if KEYS[8] then touch_owner(KEYS[8], KEYS[9], ARGV[7]) end
+if stale(ARGV[3]) then
+  refresh(ARGV[3], rpm)
+  if KEYS[8] then touch_owner(KEYS[8], KEYS[9], ARGV[7]) end
+elseif window_made and tonumber(ARGV[3]) > 0 then
+  redis.call('PEXPIRE', KEYS[3], ARGV[3])
+end
 take_lease()
 return {m[1], m[3], redis.call('LRANGE', KEYS[2], 0, -1), m[6] or ''}
 """
 )
 
 # ARGV: [1] now, [2] ttl_ms, [3] drop_leading, [4] tail_leading_system, [5] title_hint
-# ("-"/"+t"), [6] create "0"/"1", [7..15] create fields, [16] lease token ("-"/"+token"),
-# [17] kept key ("-" none), [18] kept value, [19] now_ms, [20] kept ttl_ms, [21] session id,
-# [22] max sessions per owner (0 none), [23] index ttl_ms, [24] usage pair count, usage
-# name/value pairs, head count, head elements, tail elements.
+# ("-"/"+t"), [6] create: "0" no, else 1 + the new session's request_count, [7..15] create
+# fields, [16] lease token ("-"/"+token"), [17] kept key ("-" none), [18] kept value, [19] now_ms,
+# [20] kept ttl_ms, [21] session id, [22] max sessions per owner (0 none), [23] index ttl_ms,
+# [24] usage pair count, usage name/value pairs, head count, head elements, tail elements.
 # -> ok | new | missing | ended | expired | limited (with the index keys: absent, and the owner
 # at the cap: nothing written). Whatever the result, the lease is released if the
 # token still holds it; a turn that lost its lease is still written (it happened), but the
@@ -204,15 +234,16 @@ local function done(result)
   if ARGV[16] ~= '-' and redis.call('GET', KEYS[4]) == string.sub(ARGV[16], 2) then redis.call('DEL', KEYS[4]) end
   return result
 end
-local m = redis.call('HMGET', meta, 'status', 'expires_at', 'anchor', 'expires_after', 'rpm')
+local m = redis.call('HMGET', meta, 'status', 'expires_at', 'anchor', 'expires_after', 'rpm', 'leading_system',
+  'id_base', 'message_count')
 local created = false
 if not m[1] then
   if ARGV[6] == '0' then return done('missing') end
   if KEYS[8] and list_owner(KEYS[8], KEYS[9], ARGV[21], true, ARGV[22], ARGV[23]) < 0 then
     return done('limited')
   end
-  create_meta(now, 7)
-  m = {'active', ARGV[9], ARGV[10], ARGV[11], ARGV[12]}
+  create_meta(now, 7, tonumber(ARGV[6]) - 1)
+  m = {'active', ARGV[9], ARGV[10], ARGV[11], ARGV[12], 0, 0, 0}
   created = true
 elseif m[1] == 'ended' then
   return done('ended')
@@ -226,13 +257,14 @@ end
 local i = 25 + 2 * tonumber(ARGV[24])
 for j = 25, i - 1, 2 do redis.call('HINCRBY', meta, ARGV[j], ARGV[j + 1]) end
 
-local len = redis.call('LLEN', msgs)
+-- message_count is the list's length; a session from before that field asks the list
+local len = tonumber(m[8]) or redis.call('LLEN', msgs)
 local drop = tonumber(ARGV[3])  -- negative: DROP_ALL
 if drop < 0 or drop > len then drop = len end
 local rest_len = len - drop
-local rest_lead = math.max((tonumber(redis.call('HGET', meta, 'leading_system')) or 0) - drop, 0)
+local rest_lead = math.max((tonumber(m[6]) or 0) - drop, 0)
 -- nil: a session from before the id index, numbered when a page first looks an id up
-local base = tonumber(redis.call('HGET', meta, 'id_base'))
+local base = tonumber(m[7])
 if rest_len == 0 then
   redis.call('DEL', msgs, KEYS[7])
   base = base and 0
@@ -261,25 +293,39 @@ while last >= head_first do
   last = first - 1
 end
 append(tail_first)
+local numbered = false
 if base then
   base = base - n_head
-  number_ids(head_first, tail_first - 1, base)
-  number_ids(tail_first, #ARGV, base + n_head + rest_len)
-  redis.call('HSET', meta, 'id_base', base)
+  numbered = number_ids(head_first, tail_first - 1, base)
+  numbered = number_ids(tail_first, #ARGV, base + n_head + rest_len) or numbered
 end
 
 local lead = n_head + rest_lead
 if rest_lead == rest_len then lead = lead + tonumber(ARGV[4]) end
 local count = n_head + rest_len + (#ARGV - tail_first + 1)
-redis.call('HSET', meta, 'leading_system', lead, 'message_count', count, 'last_active_at', now)
+if base then
+  redis.call('HSET', meta, 'leading_system', lead, 'message_count', count, 'last_active_at', now, 'id_base', base)
+else
+  redis.call('HSET', meta, 'leading_system', lead, 'message_count', count, 'last_active_at', now)
+end
 if m[3] == 'last_active_at' then
   redis.call('HSET', meta, 'expires_at', tonumber(now) + tonumber(m[4]))
 end
 if ARGV[5] ~= '-' and redis.call('HEXISTS', meta, 'title') == 0 then
   redis.call('HSET', meta, 'title', string.sub(ARGV[5], 2))
 end
-refresh(ARGV[2], m[5] and m[5] ~= '')
-if KEYS[8] and not created then touch_owner(KEYS[8], KEYS[9], ARGV[23]) end
+-- Mostly this turn's load refreshed every TTL a moment ago: then only keys made here need one.
+local ttl_ms = tonumber(ARGV[2])
+if created or stale(ttl_ms) then
+  refresh(ttl_ms, m[5] and m[5] ~= '')
+  if KEYS[8] and not created then touch_owner(KEYS[8], KEYS[9], ARGV[23]) end
+elseif ttl_ms > 0 then
+  -- a history that was empty had no list and no id index: this commit made them
+  if rest_len == 0 then
+    redis.call('PEXPIRE', msgs, ttl_ms)
+    if numbered then redis.call('PEXPIRE', KEYS[7], ttl_ms) end
+  end
+end
 if ARGV[17] ~= '-' then
   local now_ms, kept_ms = tonumber(ARGV[19]), tonumber(ARGV[20])
   local gone = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now_ms)
@@ -311,7 +357,7 @@ CREATE = (
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 if KEYS[8] and list_owner(KEYS[8], KEYS[9], ARGV[12], true, ARGV[13], ARGV[14]) < 0 then return 'full' end
-create_meta(ARGV[1], 3)
+create_meta(ARGV[1], 3, 0)
 append(16)
 number_ids(16, #ARGV, 0)
 redis.call('HSET', KEYS[1], 'leading_system', ARGV[15], 'message_count', #ARGV - 15)
@@ -319,52 +365,3 @@ refresh(ARGV[2], false)
 return redis.call('HGETALL', KEYS[1])
 """
 )
-
-# ARGV: title ("-" keep, "+<title>"), metadata ("-" keep, "+<json>"), history_window ("-"
-# keep, else the field's new value, "" none). -> false | HGETALL
-UPDATE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-if ARGV[1] ~= '-' then redis.call('HSET', KEYS[1], 'title', string.sub(ARGV[1], 2)) end
-if ARGV[2] ~= '-' then redis.call('HSET', KEYS[1], 'metadata', string.sub(ARGV[2], 2)) end
-if ARGV[3] ~= '-' then redis.call('HSET', KEYS[1], 'history_window', ARGV[3]) end
-return redis.call('HGETALL', KEYS[1])
-"""
-
-# ARGV: now. Only an active session is cleared. -> false | HGETALL
-CLEAR = """
-local m = redis.call('HMGET', KEYS[1], 'status', 'expires_at')
-if not m[1] then return false end
-local expires_at = tonumber(m[2])
-if m[1] == 'active' and not (expires_at and tonumber(ARGV[1]) >= expires_at) then
-  redis.call('DEL', KEYS[2], KEYS[5], KEYS[6], KEYS[7])
-  redis.call('HSET', KEYS[1], 'message_count', 0, 'leading_system', 0, 'id_base', 0)
-end
-return redis.call('HGETALL', KEYS[1])
-"""
-
-END = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-redis.call('HSET', KEYS[1], 'status', 'ended')
-return redis.call('HGETALL', KEYS[1])
-"""
-
-# The lease is left alone: the turn holding it releases it, or it expires.
-DELETE = """
-local existed = redis.call('DEL', KEYS[1])
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[5], KEYS[6], KEYS[7])
-return existed
-"""
-
-# ARGV: token, ttl_ms. Extends the lease only if the token holds it. -> 1 | 0
-RENEW_LEASE = """
-if redis.call('GET', KEYS[4]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[4], ARGV[2]) end
-return 0
-"""
-
-# ARGV: token. Drops the lease only if the token holds it. -> 1 | 0
-RELEASE_LEASE = """
-if redis.call('GET', KEYS[4]) == ARGV[1] then return redis.call('DEL', KEYS[4]) end
-return 0
-"""
-
-LEASES = (RENEW_LEASE, RELEASE_LEASE)
