@@ -16,8 +16,11 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pinning
+
 REPO = Path(__file__).resolve().parents[1]
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+HAS_SCHEDSTAT = Path("/proc/self/schedstat").exists()
 
 
 class Unavailable(Exception):
@@ -50,6 +53,14 @@ def _die_with_parent() -> None:
     # PR_SET_PDEATHSIG: a server outlives no crash of the driver
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+
+def _child_setup(cpus: set[int] | None) -> Callable[[], None]:
+    def setup() -> None:
+        _die_with_parent()
+        pinning.preexec(cpus)
+
+    return setup
 
 
 async def tcp_ready(port: int) -> bool:
@@ -93,7 +104,8 @@ def log_tail(path: Path | None, lines: int = 3) -> str:
 BENCH_ENV = {"STATEFULPROXY_MAX_SESSIONS_PER_OWNER": "0"}
 
 
-def spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+def spawn(argv: list[str], log_path: Path, cpus: set[int] | None = None) -> subprocess.Popen[bytes]:
+    """Start ``argv`` from the repository (so ``python -m statefulproxy`` honours PYTHONPATH), pinned to ``cpus``."""
     env = {**BENCH_ENV, **os.environ}
     with log_path.open("wb") as log:
         return subprocess.Popen(
@@ -103,7 +115,7 @@ def spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             cwd=REPO,
             env=env,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_child_setup(cpus),
         )
 
 
@@ -114,10 +126,11 @@ async def start(
     log_dir: Path,
     ready: Callable[[], Awaitable[bool]],
     deadline_s: float = 20.0,
+    cpus: set[int] | None = None,
 ) -> Server:
     """Start ``argv`` (its output to a log file), wait until ``ready()`` is true; Unavailable on exit or timeout."""
     log_path = log_dir / f"{name}.log"
-    process = spawn(argv, log_path)
+    process = spawn(argv, log_path, cpus)
     server = Server(name=name, port=port, process=process, log_path=log_path, pids=[process.pid])
     deadline = time.monotonic() + deadline_s
     while True:
@@ -160,13 +173,23 @@ def descendants(pid: int) -> list[int]:
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time of the processes (all their threads), from /proc."""
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-    return total / CLOCK_TICK
+    """CPU time of the processes (all their threads), from /proc: the scheduler's nanosecond runtime of each
+    thread (``task/*/schedstat``) where the kernel has it, else user + system clock ticks (10 ms steps)."""
+    return sum(_process_cpu_seconds(pid) for pid in pids)
+
+
+def _process_cpu_seconds(pid: int) -> float:
+    if HAS_SCHEDSTAT:
+        total = 0
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                with contextlib.suppress(OSError, IndexError, ValueError):  # a thread that just exited
+                    total += int((task / "schedstat").read_text().split()[0])
+        return total / 1e9
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
+    return 0.0
 
 
 def machine_busy_seconds() -> float:
@@ -235,8 +258,11 @@ def _harness_redis() -> Iterator[str]:
         yield url
 
 
-async def start_redis(log_dir: Path, stack: contextlib.ExitStack) -> tuple[Redis, Server | None]:
-    """A dedicated redis-server: the test harness's if it works, else redis-server from PATH."""
+async def start_redis(
+    log_dir: Path, stack: contextlib.ExitStack, cpus: set[int] | None = None
+) -> tuple[Redis, Server | None]:
+    """A dedicated redis-server: the test harness's if it works, else redis-server from PATH (pinned to ``cpus``;
+    the harness's inherits this process's CPUs, and the caller pins it by pid)."""
     harness_problem = ""
     try:
         url = stack.enter_context(_harness_redis())
@@ -250,7 +276,7 @@ async def start_redis(log_dir: Path, stack: contextlib.ExitStack) -> tuple[Redis
     port = free_port()
     argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     argv += ["--dir", str(log_dir)]
-    server = await start("redis", argv, port, log_dir, lambda: tcp_ready(port))
+    server = await start("redis", argv, port, log_dir, lambda: tcp_ready(port), cpus=cpus)
     url = f"redis://127.0.0.1:{port}/0"
     pid = await _redis_pid(url)
     how = f"redis-server from PATH ({binary}, --save '' --appendonly no)"

@@ -324,3 +324,33 @@ def test_mint_format_and_uniqueness() -> None:
         assert re.fullmatch(r"sess_[0-9a-f]{32}", session_id), session_id
         assert validate_session_id(session_id, "session_id") == session_id
     assert len(set(minted)) == len(minted)
+
+
+def test_lease_tokens_are_unique_and_a_forked_child_draws_its_own() -> None:
+    import os
+
+    from statefulproxy.sessions import leases
+
+    tokens = {leases._new_token() for _ in range(10_000)}
+    assert len(tokens) == 10_000
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its first token and leave at once
+        os.write(writer, leases._new_token().encode())
+        os._exit(0)
+    os.close(writer)
+    child = os.read(reader, 200).decode()
+    os.close(reader)
+    os.waitpid(pid, 0)
+    assert child
+    assert child not in tokens
+    assert child[:24] != leases._new_token()[:24]  # another process prefix, not just a later number
+
+
+def test_owner_of_is_cached_and_still_keyed_by_the_secret() -> None:
+    from statefulproxy.sessions.identity import owner_of
+
+    first = owner_of(b"sk-cached", b"secret-one")
+    assert owner_of(b"sk-cached", b"secret-one") == first
+    assert owner_of(b"sk-cached", b"secret-two") != first
+    assert owner_of(None, b"secret-one") != first

@@ -17,26 +17,33 @@ LAYERS = {
     "dialects.anthropic_stream": 2, "dialects.anthropic": 3, "dialects.ollama_stream": 2, "dialects.ollama": 3,
     "dialects.gemini_stream": 2, "dialects.gemini": 3, "dialects": 5,
     "stores.base": 0, "stores.resp": 0, "stores.redis_scripts": 0, "stores.memory_session": 1, "stores.redis_codec": 1,
+    "stores.redis_manage_scripts": 0,
     "stores.redis_address": 1, "stores.redis_topology": 1, "stores.cluster": 2, "stores.sentinel": 2,
     "stores.limits": 1, "stores.redis_history": 1, "stores.redis_index": 2, "stores.redis_secret": 2,
+    "stores.memory_restore": 2, "stores.redis_restore": 2, "mock_replies": 0, "progress": 0,
     "sessions": 1, "sessions.window": 0, "sessions.messages": 2, "sessions.identity": 2, "sessions.splice": 3,
     "sessions.idempotency": 3, "sessions.turn_writes": 4, "sessions.retries": 4,
     # adapters
     "stores": 4, "stores.memory": 3, "stores.redis": 3, "upstream": 3, "sessions.leases": 5, "sessions.service": 6,
+    "mock_upstream": 3, "backup": 4, "metrics": 0, "stores.metered": 1, "logs": 3, "shutdown": 3,
     # ASGI
-    "asgi": 1, "asgi.guards": 1, "asgi.request_body": 2, "asgi.pins": 0, "asgi.api_models": 3, "asgi.openapi": 0,
-    "asgi.replies": 5, "asgi.tap": 6,
-    "asgi.passthrough": 6, "asgi.chat": 7, "asgi.management": 6, "asgi.simple_chat": 8, "asgi.middleware": 9,
+    "asgi": 1, "asgi.guards": 1, "asgi.request_body": 2, "asgi.pins": 0, "asgi.api_models": 3, "asgi.openapi": 6,
+    "asgi.api_codec": 1, "asgi.api_types": 4, "asgi.routes_table": 5, "asgi.session_listing": 4,
+    "asgi.replies": 5, "asgi.tap": 6, "asgi.draining": 0, "asgi.exchange": 1, "asgi.observe": 4,
+    "asgi.cors": 6, "asgi.ui": 6,
+    "asgi.passthrough": 6, "asgi.chat": 7, "asgi.management": 7, "asgi.simple_chat": 8, "asgi.middleware": 9,
     # composition
-    "routes": 1, "app": 10, "server": 11, "cli": 12, "__main__": 13, "__init__": 13,
+    "routes": 1, "app": 10, "server": 11, "admin": 11, "cli": 12, "__main__": 13, "__init__": 13,
 }  # fmt: skip
 
 # third-party modules each owned by one module of ours
 OWNERS = {
     "redis": {"stores.redis", "stores.redis_address", "stores.cluster"},
     "yaml": {"settings"},
-    "aiohttp": {"upstream"},
+    "aiohttp": {"upstream", "mock_upstream"},
     "uvicorn": {"server"},
+    "prometheus_client": {"metrics"},
+    "msgspec": {"asgi.api_codec", "asgi.api_models", "asgi.api_types"},  # the management API's models
 }
 
 

@@ -265,3 +265,20 @@ def test_a_session_a_chat_turn_created_counts_every_turn(stack: Stack) -> None:
     with stack.client("key-1") as client:
         session = client.get("/sessions/counted", cast_to=object)
     assert (session["message_count"], session["request_count"]) == (6, 3)  # type: ignore[index]
+
+
+def test_messages_include_reply_details_on_request(stack: Stack) -> None:
+    chat(stack, "detailed", "hello")
+    with stack.http() as http:
+        plain = http.get("/v1/sessions/detailed/messages").json()["data"]
+        detailed = http.get("/v1/sessions/detailed/messages?include=reply_details").json()["data"]
+        refused = http.get("/v1/sessions/detailed/messages?include=everything")
+    assert [message["role"] for message in detailed] == ["user", "assistant"]
+    assert not {"usage", "model", "finish_reason", "dialect"} & set(plain[1])  # as before, unless asked
+    assert detailed[1]["dialect"] == "openai"
+    assert detailed[1]["usage"]["total_tokens"] > 0
+    assert {
+        key: value for key, value in detailed[1].items() if key not in ("usage", "model", "finish_reason", "dialect")
+    } == plain[1]
+    assert "dialect" not in detailed[0]  # only replies carry them
+    assert refused.status_code == 400

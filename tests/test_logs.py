@@ -12,27 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx2
 import pytest
 
 from harness import upstream as reply
+from harness.proxy_process import clean_environ, proxy_process
 from harness.redis_server import running_redis
 from harness.servers import serve
 from harness.upstream import ScriptedUpstream
-
-START_TIMEOUT = 15.0
-STOP_TIMEOUT = 10.0
-READY_LINE = b"Uvicorn running on"
 
 RUN = uuid.uuid4().hex[:12]
 SECRET = f"SECRET{RUN}"  # in every credential
@@ -49,77 +41,12 @@ CHAT = "/v1/chat/completions"
 SESSIONS = "/v1/sessions"
 
 
-class ProxyProcess:
-    """``python -m statefulproxy`` with its stdout and stderr captured together."""
-
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "statefulproxy", *argv],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        self.chunks: list[bytes] = []
-        self.ready = threading.Event()
-        self.reader = threading.Thread(target=self._read, name="proxy-output", daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.chunks.append(line)
-            if READY_LINE in line:
-                self.ready.set()
-        self.ready.set()  # the process ended: nobody waits for a line that will not come
-
-    @property
-    def output(self) -> str:
-        return b"".join(self.chunks).decode("utf-8", "replace")
-
-    def wait_ready(self) -> None:
-        if not self.ready.wait(START_TIMEOUT) or READY_LINE.decode() not in self.output:
-            self.stop()
-            raise RuntimeError(f"the proxy did not start:\n{self.output}")
-
-    def stop(self) -> str:
-        """Stop it as an operator would (SIGINT: uvicorn's graceful shutdown); return all it wrote."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.reader.join(STOP_TIMEOUT)
-        assert self.process.stdout is not None
-        self.process.stdout.close()
-        return self.output
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextlib.contextmanager
-def proxy_process(upstream_url: str, store_url: str, *extra: str) -> Iterator[tuple[str, ProxyProcess]]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("STATEFULPROXY_")}
-    env.update(
-        PYTHONUNBUFFERED="1",
+def proxy_env(extra: dict[str, str] | None) -> dict[str, str]:
+    return clean_environ(
         STATEFULPROXY_UPSTREAM_API_KEY=UPSTREAM_KEY,  # client secrets need the proxy's own upstream key
         STATEFULPROXY_MAX_BODY_SIZE="64KiB",
+        **(extra or {}),
     )
-    port = _free_port()  # the CLI takes no port 0; a port taken in between fails startup loudly
-    argv = ["--upstream", upstream_url, "--store", store_url, "--port", str(port), *extra]
-    proxy = ProxyProcess(argv, env)
-    try:
-        proxy.wait_ready()
-        yield f"http://127.0.0.1:{port}", proxy
-    finally:
-        proxy.stop()
 
 
 def user(text: str) -> dict[str, Any]:
@@ -320,7 +247,7 @@ def leaks(output: str, minted: dict[str, str]) -> list[str]:
     return [f"{name} ({needle!r})" for name, needle in needles.items() if needle in output]
 
 
-def full_run(*extra: str) -> tuple[str, dict[str, str]]:
+def full_run(*extra: str, env: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:
     """Run the traffic against a fresh proxy; everything the proxy wrote, and the secrets it minted."""
     upstream = ScriptedUpstream()
     with contextlib.ExitStack() as upstream_running, contextlib.ExitStack() as store_running:
@@ -330,7 +257,7 @@ def full_run(*extra: str) -> tuple[str, dict[str, str]]:
         redis_url = store_running.enter_context(running_redis(acl_user))
         store_url = redis_url.replace("redis://", f"redis://proxy:{REDIS_PASSWORD}@")
         with (
-            proxy_process(upstream_url, store_url, *extra) as (url, proxy),
+            proxy_process(["--upstream", upstream_url, "--store", store_url, *extra], proxy_env(env)) as (url, proxy),
             httpx2.Client(base_url=url, timeout=10) as http,
         ):
             traffic = Traffic(url, http, upstream)
@@ -361,3 +288,24 @@ def test_no_credential_or_message_content_is_logged_at_debug() -> None:
     output, minted = full_run("--log-level", "debug")
     assert "Application startup complete" in output
     assert leaks(output, minted) == [], output
+
+
+def test_json_request_lines_carry_ids_and_no_credential_or_message_content() -> None:
+    output, minted = full_run(env={"STATEFULPROXY_LOG_FORMAT": "json", "STATEFULPROXY_ACCESS_LOG": "true"})
+    assert leaks(output, minted) == [], output
+    lines = [json.loads(line) for line in output.splitlines()]  # every line is one JSON object
+    [startup] = [line for line in lines if line.get("event") == "startup"]
+    assert startup["store"].startswith("redis://proxy:***@")
+    assert startup["anonymous_sessions"] is True
+    requests = [line for line in lines if line["logger"] == "statefulproxy.access"]
+    assert len(requests) > 40
+    assert all(line["request_id"] and line["method"] and "duration_ms" in line for line in requests)
+    assert len({line["request_id"] for line in requests}) == len(requests)
+    turns = [line for line in requests if line["kind"] == "session" and line.get("status") == 200]
+    assert {"logs-tools", "logs-azure", "logs-keyed"} <= {line["session_id"] for line in turns}
+    # each went upstream but the Idempotency-Key repeat, answered from the store
+    assert [line["session_id"] for line in turns if "ttfb_ms" not in line] == ["logs-keyed"]
+    assert any(line["path"].endswith("&api-key=***") for line in requests)
+    # the upstream's cut stream is a warning of the proxy's own, not uvicorn's ERROR
+    assert not any("returned without completing" in line["message"] for line in lines)
+    assert any(line["message"].startswith("upstream response cut") for line in lines)

@@ -291,7 +291,7 @@ async def test_a_session_of_another_namespace_is_a_404_like_a_missing_one(
     assert missing == {
         "error": {
             "message": "No session found with id 'never-made'.",
-            "type": "not_found_error",
+            "type": "invalid_request_error",
             "param": None,
             "code": "not_found",
         }

@@ -103,3 +103,18 @@ async def test_a_session_turn_leaves_no_cyclic_garbage(
     finally:
         await store.aclose()
     assert not kinds, f"cyclic garbage left by 20 turns: {kinds.most_common(8)}"
+
+
+def test_the_server_process_keeps_its_startup_objects_out_of_collections() -> None:
+    # In a child process: the suite's own collector settings stay as they are.
+    import subprocess
+    import sys
+
+    code = (
+        "import gc; from statefulproxy.app import create_app; from statefulproxy.settings import load_settings;"
+        "create_app(load_settings({'upstream': 'http://127.0.0.1:9'}, {}));"
+        "print(gc.get_threshold()[0], gc.get_freeze_count())"
+    )
+    threshold, frozen = map(int, subprocess.check_output([sys.executable, "-c", code], text=True).split())
+    assert threshold >= 10_000
+    assert frozen > 10_000  # the modules and everything else alive at startup

@@ -317,6 +317,8 @@ def test_every_operation_answers_as_documented(stack: Stack, checker: OpenAPIChe
         assert ids(api.call("GET", PREFIX, 200, params={"order": "asc"})) == ids(listed)[::-1]
         assert ids(api.call("GET", PREFIX, 200, params={"status": "ended"})) == []
         assert ids(api.call("GET", PREFIX, 200, params={"metadata[team]": "a", "status": "active"})) == [full["id"]]
+        assert ids(api.call("GET", PREFIX, 200, params={"q": "PLAN", "metadata[tier]": "gold"})) == [full["id"]]
+        assert ids(api.call("GET", PREFIX, 200, params={"q": "PLAN", "metadata[tier]": "silver"})) == []
 
         assert api.call("GET", f"{PREFIX}/{full['id']}", 200)["title"] == "Planning"
         updated = api.call("POST", f"{PREFIX}/{full['id']}", 200, json={"title": "Renamed", "metadata": {"k": "v"}})

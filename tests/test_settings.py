@@ -52,6 +52,8 @@ def test_defaults() -> None:
     assert (settings.profile, settings.routes, settings.session_namespaces) == ("openai", (), ())
     assert settings.scope_secret is None
     assert (settings.log_level, settings.access_log) == ("info", False)
+    assert (settings.log_format, settings.shutdown_timeout, settings.metrics_port) == ("text", 30.0, None)
+    assert (settings.ui, settings.ui_prefix, settings.cors_origins) == (True, "/ui", ())
 
 
 def test_example_config_sets_every_key_to_its_default() -> None:
@@ -178,7 +180,13 @@ def test_every_key_has_an_environment_variable() -> None:
         "STATEFULPROXY_STORE_TIMEOUT": "500ms",
         "STATEFULPROXY_IDEMPOTENCY_TTL": "1h",
         "STATEFULPROXY_LOG_LEVEL": "DEBUG",
+        "STATEFULPROXY_LOG_FORMAT": "JSON",
         "STATEFULPROXY_ACCESS_LOG": "True",
+        "STATEFULPROXY_SHUTDOWN_TIMEOUT": "45s",
+        "STATEFULPROXY_METRICS_PORT": "9464",
+        "STATEFULPROXY_UI": "off",
+        "STATEFULPROXY_UI_PREFIX": "/browser",
+        "STATEFULPROXY_CORS_ORIGINS": "https://App.example.com",
     }
     assert sorted(name.removeprefix("STATEFULPROXY_").lower() for name in env) == sorted(FIELDS)
     assert load_settings({}, env) == Settings(
@@ -225,7 +233,13 @@ def test_every_key_has_an_environment_variable() -> None:
         store_timeout=0.5,
         idempotency_ttl=3600.0,
         log_level="debug",
+        log_format="json",
         access_log=True,
+        shutdown_timeout=45.0,
+        metrics_port=9464,
+        ui=False,
+        ui_prefix="/browser",
+        cors_origins=("https://app.example.com",),
     )
 
 
@@ -459,6 +473,24 @@ def test_choices_are_case_insensitive() -> None:
     assert parsed("replay_reasoning", "REASONING") == "reasoning"
 
 
+def test_metrics_port_is_optional_and_log_format_a_choice() -> None:
+    assert parsed("metrics_port", None) is None
+    assert parsed("metrics_port", "none") is None
+    assert parsed("metrics_port", " 9464 ") == 9464
+    assert parsed("log_format", " JSON ") == "json"
+    assert parsed("shutdown_timeout", "2m") == 120.0
+
+
+def test_cors_origins_are_normalised_as_browsers_send_them() -> None:
+    assert parsed("cors_origins", "") == ()
+    assert parsed("cors_origins", " https://App.Example.com:443 , http://127.0.0.1:8000,*") == (
+        "https://app.example.com",
+        "http://127.0.0.1:8000",
+        "*",
+    )
+    assert parsed("cors_origins", ["http://[::1]:80", "http://[::1]"]) == ("http://[::1]",)
+
+
 def test_scope_secret() -> None:
     assert parsed("scope_secret", None) is None
     assert parsed("scope_secret", "abc") == "abc"
@@ -520,6 +552,15 @@ BAD_VALUES = [
     ("idempotency_ttl", "none", "must be"),
     ("log_level", "trace", "must be one of 'critical', 'error', 'warning', 'info', 'debug'"),
     ("access_log", "loud", "must be true or false"),
+    ("log_format", "xml", "must be one of 'text', 'json'"),
+    ("shutdown_timeout", "0", "must be a positive number of seconds"),
+    ("metrics_port", 0, "must be an integer from 1 to 65535"),
+    ("metrics_port", "9090.5", "must be an integer from 1 to 65535"),
+    ("ui", "maybe", "must be true or false"),
+    ("ui_prefix", "/ui/", "must not end with '/'"),
+    ("cors_origins", "https://app.example.com/path", "'https://app.example.com/path' is not an origin"),
+    ("cors_origins", ["null"], "'null' is not an origin"),
+    ("cors_origins", 5, "must be a list of origins"),
 ]
 
 

@@ -101,3 +101,26 @@ async def test_a_long_turn_keeps_its_lease_renewed_until_released() -> None:
     await other.load()
     await asyncio.sleep(0.05)  # longer than a renewal interval: nothing to synchronise with, only absence
     assert store.renewals == count
+
+
+async def test_the_turns_in_flight_share_one_renewal_timer() -> None:
+    store = CountingStore()
+    turns = TurnService(store, Settings(lease_ttl=0.06), MessageIds())
+    leases = [TurnLease(store, "owner", f"s{n}", turns.settings, turns.spawn, keeper=turns.leases) for n in range(50)]
+    for lease in leases:
+        await lease.load()
+        lease.keep_renewed()
+    keeper = turns.leases
+    assert len(keeper._held) == 50
+    first_timer = keeper._timer
+    assert first_timer is not None  # one timer for the fifty, not fifty
+    while store.renewals < 50:  # each is renewed in time, from that timer's ticks
+        store.renewed.clear()
+        await asyncio.wait_for(store.renewed.wait(), 1)
+    for lease in leases:
+        await lease.release()
+    assert keeper._held == {}
+    renewed = store.renewals
+    await asyncio.sleep(0.1)  # longer than a renewal interval: nothing to synchronise with, only absence
+    assert store.renewals == renewed
+    assert keeper._timer is None  # with nothing held, the keeper stops ticking

@@ -37,10 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="statefulproxy",
         description="A reverse proxy that adds server-side conversation sessions to a stateless LLM API.",
         epilog="Every setting can also come from STATEFULPROXY_<NAME> or the config file "
-        "(see config.example.yaml). Precedence: flag > environment > config file > default.",
+        "(see config.example.yaml). Precedence: flag > environment > config file > default. "
+        "`statefulproxy sessions --help`: list, export and import sessions.",
         allow_abbrev=False,
     )
-    parser.add_argument("--upstream", metavar="URL", help="the API to forward to, e.g. https://api.openai.com")
+    parser.add_argument(
+        "--upstream", metavar="URL", help="the API to forward to, e.g. https://api.openai.com (mock://: a built-in one)"
+    )
     parser.add_argument("--store", metavar="URL", help="memory:// (default), redis://host:port/db or rediss://...")
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", help="port to listen on (default 8080)")
@@ -53,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, *, run: Runner | None = None) -> int:
     """Run the proxy; return the exit status. `run` serves the settings (default: uvicorn)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "sessions":  # the admin commands
+        from statefulproxy.admin import main as admin_main
+
+        return admin_main(argv[1:])
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help and --version, after printing
@@ -68,12 +76,25 @@ def main(argv: Sequence[str] | None = None, *, run: Runner | None = None) -> int
             raise ConfigError(
                 f"workers: {settings.workers} workers need a shared store (redis://...); memory:// lives in one process"
             )
+        _check_metrics_port(settings)
         if run is None:
             check_store_credentials(settings)
         (run or functools.partial(serve, cli=cli))(settings)
     except ConfigError as exc:
         return _fail(str(exc))
     return 0
+
+
+def _check_metrics_port(settings: Settings) -> None:
+    if settings.metrics_port is None:
+        return
+    if settings.metrics_port == settings.port:
+        raise ConfigError(f"metrics_port: {settings.metrics_port} is the proxy's port; /metrics is served there anyway")
+    if settings.workers > 1:
+        raise ConfigError(
+            f"metrics_port: {settings.workers} workers cannot share one metrics port; leave it unset and "
+            "scrape /metrics on the proxy's port, or run one worker per container"
+        )
 
 
 def check_store_credentials(settings: Settings) -> None:

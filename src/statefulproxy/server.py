@@ -15,12 +15,15 @@ import asyncio
 import copy
 import json
 import os
+import signal
+from types import FrameType
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .settings import CLIENT_TIMEOUTS_STATE, LogLevel, Settings
+from .logs import log_config
+from .settings import CLIENT_TIMEOUTS_STATE, Settings
 
 _REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
@@ -98,27 +101,30 @@ def serve(settings: Settings, cli: dict[str, Any] | None = None) -> None:
         from .app import create_app
 
         app = create_app(settings)
-    uvicorn.run(
-        app,
-        **options,
-        host=settings.host,
-        port=settings.port,
-        lifespan="on",  # a failing startup (store unreachable) stops the server
-        log_level=settings.log_level,
-        log_config=_log_config(settings.log_level),
-        access_log=settings.access_log,
-        loop="uvloop",
-        http=ClientTimeoutsProtocol,
-        proxy_headers=False,
-        server_header=False,
-        date_header=False,
-    )
-
-
-def _log_config(level: LogLevel) -> dict[str, Any]:
-    # uvicorn's own config, plus our loggers on its stderr handler.
     from uvicorn.config import LOGGING_CONFIG
 
-    config = copy.deepcopy(LOGGING_CONFIG)
-    config["loggers"]["statefulproxy"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
-    return config
+    # The app drains on SIGTERM and then hands the signal to uvicorn (shutdown.py), which re-raises
+    # it once it has shut down, for the process to die of it: ignored then, the process exits 0.
+    previous = signal.signal(signal.SIGTERM, _stopped)
+    try:
+        uvicorn.run(
+            app,
+            **options,
+            host=settings.host,
+            port=settings.port,
+            lifespan="on",  # a failing startup (store unreachable) stops the server
+            log_level=settings.log_level,
+            log_config=log_config(copy.deepcopy(LOGGING_CONFIG), settings.log_level, settings.log_format),
+            access_log=False,  # the app logs each request itself (access_log), its query's keys redacted
+            loop="uvloop",
+            http=ClientTimeoutsProtocol,
+            proxy_headers=False,
+            server_header=False,
+            date_header=False,
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stopped(sig: int, frame: FrameType | None) -> None:
+    """SIGTERM once uvicorn has shut down: nothing is left to do."""

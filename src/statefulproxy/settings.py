@@ -25,6 +25,7 @@ __all__ = [
     "CLIENT_TIMEOUTS_STATE",
     "CONFIG_ENV",
     "ENV_PREFIX",
+    "LogFormat",
     "LogLevel",
     "ReplayReasoning",
     "Settings",
@@ -34,6 +35,7 @@ __all__ = [
 ]
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+LogFormat = Literal["text", "json"]
 OnBusy = Literal["wait", "reject"]
 OnStoreError = Literal["fail", "passthrough"]
 ReplayReasoning = Literal["auto", "none", "reasoning_content", "reasoning"]  # auto: the route's profile decides
@@ -96,7 +98,13 @@ class Settings:
     client_body_timeout: float = 60.0
     max_header_bytes: int = 64 * 1024
     log_level: LogLevel = "info"
+    log_format: LogFormat = "text"
     access_log: bool = False
+    shutdown_timeout: float = 30.0
+    metrics_port: int | None = None
+    ui: bool = True
+    ui_prefix: str = "/ui"
+    cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for key, parse in _PARSERS.items():
@@ -276,6 +284,12 @@ _PARSERS: Final[Mapping[str, Callable[[Any], Any]]] = MappingProxyType(
         "client_body_timeout": values.duration(allow_none=False),
         "max_header_bytes": values.size,
         "log_level": values.choice(get_args(LogLevel)),
+        "log_format": values.choice(get_args(LogFormat)),
         "access_log": values.boolean,
+        "shutdown_timeout": values.duration(allow_none=False),
+        "metrics_port": values.optional(values.integer(1, 65535)),
+        "ui": values.boolean,
+        "ui_prefix": values.prefix(allow_empty=False),
+        "cors_origins": values.origins,
     }
 )

@@ -45,10 +45,18 @@ def string(value: Any) -> str:
     return value
 
 
+# --upstream mock://: the built-in scripted upstream (mock_upstream.py), served by the proxy itself
+MOCK_UPSTREAM: Final = "mock://"
+
+
 def upstream(value: Any) -> str | None:
     if value is None:
         return None
     text = string(value)
+    if text.lower().startswith("mock:"):
+        if text.lower() != MOCK_UPSTREAM:
+            raise ValueError("must be mock:// with nothing after it, or an http:// or https:// URL")
+        return MOCK_UPSTREAM
     if not text or any(char.isspace() for char in text):
         raise ValueError("must be an http:// or https:// URL without spaces")
     try:
@@ -161,15 +169,18 @@ def choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
     return parse
 
 
-def session_headers(value: Any) -> tuple[str, ...]:
+def _items(value: Any, what: str) -> list[Any]:
+    """A list setting's items, given as a list or as a comma-separated string."""
     if isinstance(value, str):
-        items: list[Any] = value.split(",")
-    elif isinstance(value, (list, tuple)):
-        items = list(value)
-    else:
-        raise ValueError("must be a list of header names, or a comma-separated string")
+        return value.split(",")
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise ValueError(f"must be a list of {what}, or a comma-separated string")
+
+
+def session_headers(value: Any) -> tuple[str, ...]:
     names: list[str] = []
-    for item in items:
+    for item in _items(value, "header names"):
         name = string(item).strip().lower()
         if not name:
             continue
@@ -218,3 +229,26 @@ def secret(value: Any) -> str | None:
     if not text:
         raise ValueError("must not be empty")
     return text
+
+
+# scheme://host[:port] as a browser sends it in Origin: no path, no trailing slash
+_ORIGIN = re.compile(r"(https?)://([a-z0-9.-]+|\[[0-9a-f:.]+\])(?::(\d{1,5}))?")
+_DEFAULT_PORTS: Final = MappingProxyType({"http": "80", "https": "443"})
+
+
+def origins(value: Any) -> tuple[str, ...]:
+    """``cors_origins``: ``*``, or origins such as ``https://app.example.com``, normalised as browsers send them."""
+    found: list[str] = []
+    for item in _items(value, "origins such as 'https://app.example.com'"):
+        text = string(item).strip()
+        if not text:
+            continue
+        if text != "*":
+            match = _ORIGIN.fullmatch(text.lower())
+            if match is None:
+                raise ValueError(f"{text!r} is not an origin such as 'https://app.example.com' (no path)")
+            scheme, host, port = match.groups()
+            text = f"{scheme}://{host}" + (f":{port}" if port and port != _DEFAULT_PORTS[scheme] else "")
+        if text not in found:
+            found.append(text)
+    return tuple(found)

@@ -1,78 +1,84 @@
-"""The management API's JSON: request bodies checked into records, records shown as objects.
+"""The management API's lists: the query models of its two listings, paging, and the objects it shows.
 
-Pure functions. Limits follow OpenAI's where it has them (metadata: at most 16 pairs,
-keys up to 64 characters, values up to 512); unknown fields are refused, as OpenAI does.
+Pure. ``SessionsQuery`` and ``MessagesQuery`` are the listings' query parameters, declared once
+(the route table names them; the OpenAPI document and their validation are made from them).
+Limits follow OpenAI's where it has them; the session objects are built as dicts, in the field
+order clients see (and the admin CLI and backups write).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal
 
+import msgspec
 import orjson
+from msgspec import Meta
 
 from ..errors import ClientError
 from ..sessions.identity import SESSION_ID_PATTERN
-from ..stores.base import (
-    UNCHANGED,
-    ExpiresAfter,
-    HistoryWindow,
-    NewSession,
-    SessionLimits,
-    SessionRecord,
-    SessionStatus,
-    StoredMessage,
-    Unchanged,
-)
+from ..stores.base import HistoryWindow, SessionRecord, SessionStatus, StoredMessage
+from .api_codec import QueryDecoder, refuse
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
 MAX_TITLE = 256
-MAX_EXPIRY_SECONDS = 365 * 24 * 3600
-MAX_CLIENT_SECRET_SECONDS = 7 * 24 * 3600
-DEFAULT_CLIENT_SECRET_SECONDS = 600
-SECRET_RPM = 20  # the per-minute limit of a session created with a client secret, unless it sets one
-SECRET_DIALECTS = ("openai", "anthropic", "ollama", "gemini")
-MAX_COUNT = 2**31 - 1  # any count a client sets: JSON allows integers too big to write back
+MAX_PAGE = 1 << 31
 
 Order = Literal["asc", "desc"]
+SessionId = Annotated[str, Meta(pattern=f"^{SESSION_ID_PATTERN.pattern}$"), refuse("'{name}' must be a session id.")]
+Title = Annotated[str, Meta(max_length=MAX_TITLE)]
+_Limit = Annotated[int, Meta(ge=1, le=MAX_LIMIT, description="Page size.")]
+_Order = Annotated[Order, refuse("'order' must be 'asc' or 'desc'."), Meta(description="By creation time.")]
+_FilterKey = Annotated[str, Meta(min_length=1), refuse("'metadata[KEY]=VALUE' filters need a key.")]
 
 
-@dataclass(frozen=True, slots=True)
-class CreateRequest:
-    new: NewSession
-    client_secret_seconds: int | None  # None: no client secret asked for
-    client_secret_grant: dict[str, Any] = dataclasses.field(default_factory=dict)  # dialect, model, max_tokens pins
+class SessionsQuery(msgspec.Struct, kw_only=True):
+    """GET {prefix}: the owner's sessions, newest first by default."""
+
+    limit: _Limit = DEFAULT_LIMIT
+    order: _Order = "desc"
+    after: Annotated[SessionId, Meta(description="A session id: the page starts after it (in this order).")] | None = (
+        None
+    )
+    before: Annotated[SessionId, Meta(description="A session id: the page ends before it (in this order).")] | None = (
+        None
+    )
+    status: Annotated[SessionStatus, Meta(description="Only sessions in this status.")] | None = None
+    q: Annotated[Title, Meta(description="Only sessions whose title holds this text, in any case.")] | None = None
+    metadata: Annotated[
+        dict[_FilterKey, str],
+        Meta(description="`metadata[KEY]=VALUE`: only sessions whose metadata has all these pairs."),
+    ] = {}
 
 
-@dataclass(frozen=True, slots=True)
-class UpdateRequest:
-    title: str | None  # None: leave as is
-    metadata: dict[str, str] | None  # None: leave as is
-    history_window: HistoryWindow | Unchanged | None  # None: remove it
+class MessagesQuery(msgspec.Struct, kw_only=True):
+    """GET {prefix}/{id}/messages: ``after`` / ``before`` are message ids, ``page`` counts pages of ``limit``."""
+
+    limit: _Limit = DEFAULT_LIMIT
+    order: _Order = "asc"
+    page: Annotated[
+        int,
+        Meta(
+            ge=0,
+            le=MAX_PAGE,
+            description="Zero-based page number, `limit` messages a page (for clients built on page numbers).",
+        ),
+    ] = 0
+    # message ids are the proxy's own: any string is looked up
+    after: Annotated[str, Meta(description="A message id: the page starts after it (in this order).")] | None = None
+    before: Annotated[str, Meta(description="A message id: the page ends before it (in this order).")] | None = None
+    include: (
+        Annotated[
+            Literal["reply_details"],
+            Meta(description="`reply_details`: each reply's usage, model, finish_reason and its turn's dialect."),
+        ]
+        | None
+    ) = None
 
 
-@dataclass(frozen=True, slots=True)
-class MessagesQuery:
-    """A message listing's query: ``after`` / ``before`` are message ids, ``page`` counts pages of ``limit``."""
-
-    limit: int
-    order: Order
-    page: int
-    after: str | None
-    before: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class ListQuery:
-    limit: int
-    order: Order
-    after: str | None
-    before: str | None
-    status: SessionStatus | None
-    metadata: dict[str, str]
+_MESSAGES_QUERY = QueryDecoder(MessagesQuery)
 
 
 def session_object(record: SessionRecord) -> dict[str, Any]:
@@ -101,108 +107,21 @@ def _window_object(window: HistoryWindow | None) -> dict[str, int] | None:
     return None if window is None else {"max_messages": window[0], "max_tokens": window[1]}
 
 
-def message_object(message: StoredMessage) -> dict[str, Any]:
+# what ``include=reply_details`` adds to a reply's message object
+REPLY_DETAILS = ("usage", "model", "finish_reason", "dialect")
+
+
+def message_object(message: StoredMessage, details: bool = False) -> dict[str, Any]:
     info = orjson.loads(message.info)
     replay = orjson.loads(message.replay)
     # reasoning is shown once, as `reasoning`, whatever field the upstream replays it in
     replay.pop("reasoning_content", None)
     replay.pop("reasoning", None)
     out: dict[str, Any] = {"id": info["id"], "object": "session.message", **replay, "created_at": info["created_at"]}
-    for kept in ("refusal", "reasoning", "metadata"):
+    for kept in ("refusal", "reasoning", "metadata", *(REPLY_DETAILS if details else ())):
         if info.get(kept):
             out[kept] = info[kept]
     return out
-
-
-def parse_body(raw: bytes) -> dict[str, Any]:
-    """A request body that must be a JSON object; no body at all is an empty one."""
-    if not raw.strip():
-        return {}
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise ClientError(400, "The request body is not valid JSON.") from None
-    if not isinstance(body, dict):
-        raise ClientError(400, "The request body must be a JSON object.")
-    return body
-
-
-def parse_create(body: Mapping[str, Any]) -> CreateRequest:
-    _only(
-        body, ("title", "metadata", "expires_after", "rate_limits", "max_requests", "history_window", "client_secret")
-    )
-    limits = SessionLimits(
-        max_requests_per_1_minute=_rate_limits(body.get("rate_limits")),
-        max_requests=_optional_int(body.get("max_requests"), "max_requests", 1, MAX_COUNT),
-    )
-    new = NewSession(
-        title=_title(body.get("title")),
-        metadata=parse_metadata(body.get("metadata"), "metadata") if body.get("metadata") is not None else {},
-        expires_after=_expires_after(body.get("expires_after")),
-        limits=limits,
-        history_window=_history_window(body.get("history_window")),
-    )
-    seconds, grant = _client_secret(body)
-    if seconds is not None and limits.max_requests_per_1_minute is None:
-        # a browser holds the secret: a session it may drive gets a rate limit unless one was set
-        new = dataclasses.replace(new, limits=dataclasses.replace(limits, max_requests_per_1_minute=SECRET_RPM))
-    return CreateRequest(new, seconds, grant)
-
-
-def parse_update(body: Mapping[str, Any]) -> UpdateRequest:
-    """What to change; a ``history_window`` of null removes the window, an absent one keeps it."""
-    _only(body, ("title", "metadata", "history_window"))
-    metadata = body.get("metadata")
-    return UpdateRequest(
-        title=_title(body.get("title")),
-        metadata=None if metadata is None else parse_metadata(metadata, "metadata"),
-        history_window=_history_window(body["history_window"]) if "history_window" in body else UNCHANGED,
-    )
-
-
-def parse_fork(body: Mapping[str, Any]) -> tuple[str | None, str | None]:
-    """(up_to_message_id, title)."""
-    _only(body, ("up_to_message_id", "title"))
-    up_to = body.get("up_to_message_id")
-    if up_to is not None and not isinstance(up_to, str):
-        raise ClientError(400, "'up_to_message_id' must be a message id.", param="up_to_message_id")
-    return up_to, _title(body.get("title"))
-
-
-def parse_metadata(value: object, param: str) -> dict[str, str]:
-    if not isinstance(value, dict):
-        raise ClientError(400, f"'{param}' must be an object of string values.", param=param)
-    if len(value) > 16:
-        raise ClientError(400, f"'{param}' may hold at most 16 pairs.", param=param)
-    for key, item in value.items():
-        if len(key) > 64 or not isinstance(item, str) or len(item) > 512:
-            raise ClientError(
-                400, f"'{param}' keys must be at most 64 characters, values strings of at most 512.", param=param
-            )
-    return dict(value)
-
-
-def parse_list_query(query: Sequence[tuple[str, str]]) -> ListQuery:
-    params: dict[str, str] = {}
-    metadata: dict[str, str] = {}
-    for key, value in query:
-        if key.startswith("metadata[") and key.endswith("]"):
-            if key == "metadata[]":
-                raise ClientError(400, "'metadata[KEY]=VALUE' filters need a key.", param="metadata")
-            metadata[key[len("metadata[") : -1]] = value
-        else:
-            params[key] = value
-    status = params.get("status")
-    if status is not None and status not in ("active", "ended", "expired"):
-        raise ClientError(400, "'status' must be one of active, ended, expired.", param="status")
-    return ListQuery(
-        limit=int_param(params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
-        order=order_param(params, "desc"),
-        after=_cursor(params, "after"),
-        before=_cursor(params, "before"),
-        status=cast(SessionStatus | None, status),
-        metadata=metadata,
-    )
 
 
 def paginate(items: Sequence[dict[str, Any]], query: Mapping[str, str]) -> dict[str, Any]:
@@ -225,10 +144,7 @@ def paginate(items: Sequence[dict[str, Any]], query: Mapping[str, str]) -> dict[
 
 
 def parse_messages_query(query: Mapping[str, str]) -> MessagesQuery:
-    limit = int_param(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-    order = order_param(query, "asc")
-    page = int_param(query, "page", 0, 0, 1 << 31) if "page" in query else 0
-    return MessagesQuery(limit, order, page, query.get("after"), query.get("before"))
+    return _MESSAGES_QUERY.decode(query.items())
 
 
 def page_slice(query: MessagesQuery, total: int, after_at: int | None, before_at: int | None) -> tuple[int, int, bool]:
@@ -270,116 +186,3 @@ def list_envelope(page: Sequence[dict[str, Any]], has_more: bool) -> dict[str, A
         "last_id": page[-1]["id"] if page else None,
         "has_more": has_more,
     }
-
-
-def int_param(query: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = query.get(name)
-    if raw is None:
-        return default
-    if not (raw.isascii() and raw.isdigit() and len(raw) < 100) or not low <= int(raw) <= high:
-        raise ClientError(400, f"'{name}' must be an integer from {low} to {high}.", param=name)
-    return int(raw)
-
-
-def order_param(query: Mapping[str, str], default: Order) -> Order:
-    order = query.get("order", default)
-    if order not in ("asc", "desc"):
-        raise ClientError(400, "'order' must be 'asc' or 'desc'.", param="order")
-    return cast(Order, order)
-
-
-def _cursor(params: Mapping[str, str], name: str) -> str | None:
-    value = params.get(name)
-    if value is not None and SESSION_ID_PATTERN.fullmatch(value) is None:
-        raise ClientError(400, f"'{name}' must be a session id.", param=name)
-    return value
-
-
-def _only(body: Mapping[str, Any], allowed: Sequence[str]) -> None:
-    for key in body:
-        if key not in allowed:
-            raise ClientError(400, f"Unrecognized request argument supplied: {key}", param=key)
-
-
-def _title(value: object) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or len(value) > MAX_TITLE:
-        raise ClientError(400, f"'title' must be a string of at most {MAX_TITLE} characters.", param="title")
-    return value
-
-
-def _optional_int(value: object, param: str, low: int, high: int | None) -> int | None:
-    if value is None:
-        return None
-    if type(value) is float and value.is_integer():  # 5.0 is an integer to JSON Schema, as to OpenAI
-        value = int(value)
-    if type(value) is not int or value < low or (high is not None and value > high):
-        bound = f"from {low} to {high}" if high is not None else f"of at least {low}"
-        raise ClientError(400, f"'{param}' must be an integer {bound}.", param=param)
-    return value
-
-
-def _required_int(value: object, param: str, low: int, high: int | None) -> int:
-    number = _optional_int(value, param, low, high)
-    if number is None:
-        raise ClientError(400, f"'{param}' is required.", param=param)
-    return number
-
-
-def _expires_after(value: object) -> ExpiresAfter | None:
-    if value is None:
-        return None
-    param = "expires_after"
-    if not isinstance(value, dict) or set(value) != {"anchor", "seconds"}:
-        raise ClientError(400, '\'expires_after\' must be {"anchor": ..., "seconds": ...}.', param=param)
-    anchor = value["anchor"]
-    if anchor not in ("created_at", "last_active_at"):
-        raise ClientError(400, "'expires_after.anchor' must be created_at or last_active_at.", param=param)
-    return ExpiresAfter(anchor, _required_int(value["seconds"], "expires_after.seconds", 1, MAX_EXPIRY_SECONDS))
-
-
-def _history_window(value: object) -> HistoryWindow | None:
-    if value is None:
-        return None
-    param = "history_window"
-    if not isinstance(value, dict) or set(value) - {"max_messages", "max_tokens"}:
-        raise ClientError(400, '\'history_window\' must be {"max_messages": n, "max_tokens": n}.', param=param)
-    max_messages = _optional_int(value.get("max_messages"), f"{param}.max_messages", 0, MAX_COUNT)
-    max_tokens = _optional_int(value.get("max_tokens"), f"{param}.max_tokens", 0, MAX_COUNT)
-    return max_messages or 0, max_tokens or 0  # an omitted limit is no limit
-
-
-def _rate_limits(value: object) -> int | None:
-    if value is None:
-        return None
-    if not isinstance(value, dict) or set(value) - {"max_requests_per_1_minute"}:
-        raise ClientError(400, "'rate_limits' must be {\"max_requests_per_1_minute\": n}.", param="rate_limits")
-    return _optional_int(value.get("max_requests_per_1_minute"), "rate_limits.max_requests_per_1_minute", 1, MAX_COUNT)
-
-
-def _client_secret(body: Mapping[str, Any]) -> tuple[int | None, dict[str, Any]]:
-    """(seconds, pins) of a requested client secret; (None, {}) when none is asked for."""
-    if "client_secret" not in body or body["client_secret"] is None:
-        return None, {}
-    value = body["client_secret"]
-    param = "client_secret"
-    if not isinstance(value, dict) or set(value) - {"expires_after", "dialect", "model", "max_tokens"}:
-        message = '\'client_secret\' must be {"expires_after": seconds, "dialect", "model", "max_tokens"}.'
-        raise ClientError(400, message, param=param)
-    expires_after = value.get("expires_after", DEFAULT_CLIENT_SECRET_SECONDS)
-    if isinstance(expires_after, dict):  # OpenAI's form: {"anchor": "created_at", "seconds": n}
-        if expires_after.get("anchor", "created_at") != "created_at" or set(expires_after) - {"anchor", "seconds"}:
-            raise ClientError(400, "'client_secret.expires_after' anchors at created_at.", param=param)
-        expires_after = expires_after.get("seconds")
-    seconds = _required_int(expires_after, "client_secret.expires_after", 1, MAX_CLIENT_SECRET_SECONDS)
-    dialect = value.get("dialect")
-    if dialect is None:
-        dialect = "openai"
-    elif not isinstance(dialect, str) or dialect not in SECRET_DIALECTS:
-        raise ClientError(400, f"'client_secret.dialect' must be one of {', '.join(SECRET_DIALECTS)}.", param=param)
-    model = value.get("model")
-    if model is not None and (not isinstance(model, str) or not model):
-        raise ClientError(400, "'client_secret.model' must be a non-empty string.", param=param)
-    max_tokens = _optional_int(value.get("max_tokens"), "client_secret.max_tokens", 1, MAX_COUNT)
-    return seconds, {"dialect": dialect, "model": model, "max_tokens": max_tokens}

@@ -13,13 +13,14 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from ..dialects.base import Canonical, Dialect
-from ..errors import ClientError, ClientGone, StoreError
+from ..errors import ClientError, ClientGone, StoreError, body_too_large, invalid_json, not_an_object
+from ..metrics import SESSION, Metrics, refusal_reason
 from ..routes import ROUTE_KEY, STRICT_PROFILES, Route, reasoning_field
 from ..sessions.idempotency import idempotency_key
 from ..sessions.identity import Grant, body_session_id, header_session_id, resolve_session_id
@@ -28,6 +29,8 @@ from ..sessions.retries import is_retry
 from ..sessions.service import Recorded, TurnRequest, TurnService
 from ..settings import Settings
 from ..types import ASGIApp, Headers, Message, Receive, Scope, Send
+from .draining import Draining
+from .exchange import EXCHANGE_KEY, Exchange
 from .passthrough import DIALECT_KEY
 from .pins import pin
 from .replies import send_error, send_failure
@@ -45,6 +48,7 @@ _CONSUMED = ("session_id", "sessionId")
 _UPSTREAM_KEY_HEADERS = {"anthropic": b"x-api-key", "gemini": b"x-goog-api-key"}
 _REFRAMED = frozenset({b"content-length", b"transfer-encoding", b"accept-encoding", b"content-encoding"})
 _CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key", b"api-key", b"x-goog-api-key"})
+_SHUTTING_DOWN, _CLOSE = "The proxy is shutting down; send the request again.", [(b"connection", b"close")]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +61,8 @@ class TurnContext:
     owner_for: Callable[[Scope], Awaitable[str]]  # 401 for an anonymous request when a credential is required
     service: TurnService
     upstream_key: bytes | None  # the proxy's own upstream key, for client-secret requests
+    metrics: Metrics = field(default_factory=Metrics)
+    draining: Draining = field(default_factory=Draining)  # new turns get 503 once shutdown has begun
 
 
 class ChatTurn:
@@ -90,15 +96,20 @@ class ChatTurn:
         self.replayed = False
         self.cut: str | None = None  # why the turn was cut, once it was
         self.watching: asyncio.Future[Message] | None = None  # the next message, asked for while waiting
+        self.exchange: Exchange | None = scope.get(EXCHANGE_KEY)  # for the metrics and the access log
+        if self.exchange is not None:
+            self.exchange.dialect = dialect.name
 
     async def run(self) -> None:
         try:
             await self._run()
         except ClientError as error:
+            self._refused(error.status, error.code)
             await send_error(self.send, error, self.dialect)
         except ClientGone as exc:
             logger.info("%s; turn dropped", exc)
         except StoreError as exc:
+            self._refused(503, "store_unavailable")
             logger.error("session store unavailable: %s", exc)
             message = "The session store is unavailable."
             await send_failure(self.send, 503, message, "store_error", "store_unavailable", self.dialect)
@@ -116,17 +127,18 @@ class ChatTurn:
         if from_headers is None and self.grant is None and not any(marker in body for marker in _SESSION_MARKERS):
             await self.app(self.scope, self.receive_replayed_body, self.send)
             return
+        refusal = not_an_object
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError:
-            parsed = None
+            parsed, refusal = None, invalid_json
         else:
             check_integers(body)
         if not isinstance(parsed, dict):
             # a body that names a session but cannot be read must not go upstream as a stateless one
             named = b"session_id" in body or b"sessionId" in body
             if from_headers is not None or self.grant is not None or named:
-                raise ClientError(400, "The request body must be a JSON object for a session request.")
+                raise refusal()  # worded as the management API words it (errors.py)
             await self.app(self.scope, self.receive_replayed_body, self.send)
             return
         session_id = resolve_session_id(body_session_id(parsed), from_headers)
@@ -148,7 +160,26 @@ class ChatTurn:
             return
         await self._session_turn(parsed, session_id, store_flag is not False)
 
+    def _refused(self, status: int, code: str | None) -> None:
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.status = status
+            if exchange.kind == SESSION:
+                self.context.metrics.turns_refused[refusal_reason(code)] += 1
+
     async def _session_turn(self, parsed: dict[str, Any], session_id: str | None, record: bool) -> None:
+        draining = self.context.draining
+        if self.exchange is not None:
+            self.exchange.kind = SESSION
+        if draining.started:  # connection: close, so that a retry reaches another instance
+            raise ClientError(503, _SHUTTING_DOWN, type="server_error", code="shutting_down", headers=_CLOSE)
+        draining.enter()
+        try:
+            await self._turn(parsed, session_id, record)
+        finally:
+            draining.leave()
+
+    async def _turn(self, parsed: dict[str, Any], session_id: str | None, record: bool) -> None:
         dialect, headers = self.dialect, self.scope["headers"]
         if dialect.messages_key not in parsed:
             key_name = dialect.messages_key
@@ -201,8 +232,13 @@ class ChatTurn:
                 await self._send_recorded(begun, request.stream)
                 return
             turn = begun
+        if self.exchange is not None:
+            self.exchange.session_id = turn.session_id
         task = asyncio.current_task()
         assert task is not None
+        draining = self.context.draining
+        leased = turn.lease is not None
+        draining.leases += leased
         try:
             self.body = turn.forward
             tap = ResponseTap(self.send, turn.session_id, turn.commit, dialect, request.stream)
@@ -214,7 +250,9 @@ class ChatTurn:
             task.uncancel()
             # returning without the response's end aborts the connection: never a clean, unrecorded reply
             logger.warning("turn cut: %s; not recorded, its lease released", self.cut)
+            self.context.metrics.turns_not_recorded["cut"] += 1
         finally:
+            draining.leases -= leased
             await turn.release()
 
     def _still_wanted(self, tap: ResponseTap, task: asyncio.Task[Any], started: float) -> bool:
@@ -288,6 +326,8 @@ class ChatTurn:
             (b"x-session-id", recorded.session_id.encode()),
             (b"x-session-replayed", b"true"),
         ]
+        if self.exchange is not None:
+            self.exchange.status, self.exchange.session_id = 200, recorded.session_id
         await self.send({"type": "http.response.start", "status": 200, "headers": headers})
         await self.send({"type": "http.response.body", "body": body, "more_body": False})
 
@@ -296,7 +336,7 @@ class ChatTurn:
         for name, value in headers:
             lowered = name.lower()
             if lowered == b"content-length" and value.isdigit() and int(value) > limit:
-                raise _too_large(limit)
+                raise body_too_large(limit, "max_body_size")
             if lowered == b"content-encoding":
                 self.content_encoding = value
         chunks: list[bytes] = []
@@ -308,7 +348,7 @@ class ChatTurn:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise _too_large(limit)
+                raise body_too_large(limit, "max_body_size")
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
@@ -354,7 +394,3 @@ def _only_user_turns(sent: list[Canonical]) -> None:
                 type="permission_error",
                 code="client_secret_role",
             )
-
-
-def _too_large(limit: int) -> ClientError:
-    return ClientError(413, f"The request body exceeds the limit of {limit} bytes.", code="request_too_large")

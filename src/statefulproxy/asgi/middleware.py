@@ -16,6 +16,7 @@ from typing import Any
 from ..dialects import DIALECTS, dialect_for_path
 from ..dialects.base import Dialect
 from ..errors import ClientError, StoreError
+from ..metrics import MANAGEMENT, Metrics
 from ..routes import CHAT_DIALECT_KEY, match_namespace
 from ..sessions.identity import Grant, client_secret_hash, client_secret_of, credential, owner_of
 from ..sessions.messages import MessageIds
@@ -24,6 +25,8 @@ from ..settings import Settings, resolve_upstream_api_key, settings_from_mapping
 from ..stores import Store, store_from_url
 from ..types import ASGIApp, Message, Receive, Scope, Send
 from .chat import ChatTurn, TurnContext
+from .draining import Draining
+from .exchange import noted
 from .management import ManagementAPI
 from .replies import send_error, send_failure
 from .simple_chat import SimpleChatAPI
@@ -35,7 +38,8 @@ class SessionMiddleware:
     ``store`` is a store URL (``memory://``, ``redis://...``) or a Store instance; any other
     setting of ``config.example.yaml`` may be given as a keyword argument, or all of them as
     ``settings``. Stores connect on first use, so mounting needs no lifespan; on a lifespan
-    shutdown a store the middleware made itself is closed.
+    shutdown a store the middleware made itself is closed. Turns are counted in ``metrics``
+    (``self.metrics.registry`` is a prometheus_client registry to expose).
     """
 
     def __init__(
@@ -45,6 +49,7 @@ class SessionMiddleware:
         *,
         settings: Settings | None = None,
         environ: Mapping[str, str] | None = None,
+        metrics: Metrics | None = None,
         **options: Any,
     ) -> None:
         if settings is None:
@@ -72,7 +77,9 @@ class SessionMiddleware:
         upstream_key = resolve_upstream_api_key(settings, os.environ if environ is None else environ)
         self.management = ManagementAPI(self.store, self.owner_for, self.prefix, upstream_key)
         self._secret: bytes | None = settings.scope_secret.encode() if settings.scope_secret else None
-        self.service = TurnService(self.store, settings, MessageIds())
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.draining = Draining()  # the app's graceful shutdown starts it
+        self.service = TurnService(self.store, settings, MessageIds(), self.metrics)
         self.simple_prefix = settings.simple_chat_prefix
         self.turns = TurnContext(
             app=app,
@@ -81,6 +88,8 @@ class SessionMiddleware:
             owner_for=self.owner_for,
             service=self.service,
             upstream_key=None if upstream_key is None else upstream_key.encode("latin-1"),
+            metrics=self.metrics,
+            draining=self.draining,
         )
         self.simple_chat = SimpleChatAPI(self.turns, self.store, self.owner_for)
 
@@ -90,6 +99,7 @@ class SessionMiddleware:
             if token is None:
                 await self._dispatch(scope, receive, send, None)
             else:
+                send = noted(scope, send)  # a browser's request: its replies are the proxy's own
                 grant = await self._grant(token, send)
                 if grant is not None:
                     await self._dispatch(scope, receive, send, grant)
@@ -107,10 +117,11 @@ class SessionMiddleware:
                 namespace, path = found
         simple = self.simple_prefix
         if simple is not None and grant is None and namespace is None and (rest := _under(path, simple)) is not None:
-            await self.simple_chat(scope, receive, send, rest)
+            await self.simple_chat(scope, receive, noted(scope, send, MANAGEMENT), rest)
             return
         rest = _under(path, self.prefix if namespace is None else "/sessions")
         if rest is not None:
+            send = noted(scope, send, MANAGEMENT)
             if namespace is None:
                 await self.management(scope, receive, send, rest, grant)
             else:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from time import perf_counter
 
 from ..errors import UpstreamError, UpstreamTimeout
 from ..routes import ROUTE_KEY, Route
 from ..types import Headers, Message, Receive, Scope, Send
 from ..upstream import UpstreamClient, UpstreamResponse
+from .exchange import EXCHANGE_KEY, Exchange
 from .replies import send_failure
 
 # set by the session layer (asgi.chat): its errors take the request's dialect
@@ -117,19 +119,29 @@ class Relay:
     async def _relay(
         self, method: str, target: str, headers: list[tuple[str, str]], body: bytes | AsyncIterator[bytes] | None
     ) -> None:
+        # the status and time to first byte, for the metrics and the access log (asgi/exchange.py)
+        exchange: Exchange | None = self.scope.get(EXCHANGE_KEY)
+        started = perf_counter()
         try:
             route: Route = self.scope[ROUTE_KEY]
             response = await self.upstream.request(method, route.upstream, target, headers, body)
         except UpstreamTimeout as exc:
             logger.warning("%s", exc)
+            if exchange is not None:
+                exchange.status = 504
             message = "The upstream did not answer in time."
             await send_failure(self.send, 504, message, "upstream_error", "timeout", self.scope.get(DIALECT_KEY))
             return
         except UpstreamError as exc:
             logger.warning("%s", exc)
+            if exchange is not None:
+                exchange.status = 502
             message = "The upstream could not be reached."
             await send_failure(self.send, 502, message, "upstream_error", "bad_gateway", self.scope.get(DIALECT_KEY))
             return
+        if exchange is not None:
+            exchange.ttfb = perf_counter() - started
+            exchange.status = response.status
         try:
             await self._relay_response(response)
         finally:

@@ -12,7 +12,7 @@ import json
 import re
 import zlib
 
-from ..errors import ClientError
+from ..errors import ClientError, body_too_large
 from ..types import Receive
 
 _BOM = b"\xef\xbb\xbf"
@@ -21,7 +21,8 @@ _MIN_INT, _MAX_INT = -(2**63), 2**64 - 1
 
 
 def decoded(body: bytes, content_encoding: bytes, limit: int) -> bytes:
-    """``body`` as JSON text: decompressed per ``content_encoding``, without a BOM, at most ``limit`` bytes."""
+    """``body`` as JSON text: decompressed per ``content_encoding``, without a BOM, at most ``limit``
+    (``max_body_size``) bytes."""
     coding = content_encoding.strip().lower()
     if coding in (b"gzip", b"x-gzip", b"deflate"):
         wbits = zlib.MAX_WBITS | 16 if coding != b"deflate" else zlib.MAX_WBITS
@@ -31,7 +32,7 @@ def decoded(body: bytes, content_encoding: bytes, limit: int) -> bytes:
         except zlib.error:
             raise ClientError(400, f"The request body is not valid {coding.decode()} data.") from None
         if len(body) > limit or decompressor.unconsumed_tail:
-            raise ClientError(413, f"The decoded request body exceeds {limit} bytes.", code="request_too_large")
+            raise body_too_large(limit, "max_body_size", decoded=True)
     elif coding not in (b"", b"identity"):
         raise ClientError(
             415,
@@ -82,7 +83,7 @@ async def read_body(receive: Receive, limit: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise ClientError(413, "The request body is too large.", code="request_too_large")
+            raise body_too_large(limit)
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)

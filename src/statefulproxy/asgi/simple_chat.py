@@ -28,6 +28,7 @@ from ..errors import ClientError, StoreError
 from ..sessions.identity import validate_session_id
 from ..stores.base import Store
 from ..types import Headers, Message, Receive, Scope, Send
+from .api_codec import json_object
 from .api_models import message_object
 from .chat import ChatTurn, TurnContext
 from .replies import send_json
@@ -162,14 +163,7 @@ def _iso(message: dict[str, Any]) -> str:
 
 
 async def _read_json(receive: Receive) -> dict[str, Any]:
-    raw = await read_body(receive, MAX_BODY)
-    try:
-        parsed = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise ClientError(400, "The request body must be a JSON object.") from None
-    if not isinstance(parsed, dict):
-        raise ClientError(400, "The request body must be a JSON object.")
-    return parsed
+    return json_object(await read_body(receive, MAX_BODY))
 
 
 async def _send(

@@ -5,6 +5,7 @@ Pure functions over the parsed body and the ASGI header list.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -138,8 +139,12 @@ def _query_key(query_string: bytes) -> bytes | None:
     return next((found[name] for name in _KEY_PARAMS if found.get(name)), None)
 
 
+@functools.lru_cache(maxsize=4096)
 def owner_of(credential: bytes | None, secret: bytes) -> str:
-    """The owner of a credential: a keyed hash of it; the credential itself is never kept."""
+    """The owner of a credential: a keyed hash of it; the credential itself is never stored.
+
+    Cached in this process's memory (the busiest credentials' hashes, not recomputed per request).
+    """
     message = b"anonymous" if credential is None else b"key:" + credential
     return hmac.digest(secret, message, hashlib.sha256).hex()[:32]
 

@@ -14,8 +14,9 @@ busy for the rest of ``lease_ttl``.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-import secrets
+import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -32,6 +33,56 @@ _FIRST_RELEASE_BACKOFF = 0.05
 _MAX_RELEASE_BACKOFF = 1.0
 
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
+GoneWithin = Callable[[float], Awaitable[bool]]  # waits on a busy session; True as soon as the client left
+
+
+# A lease token only has to be unique among the turns of every process on the store, not secret:
+# a random prefix per process and a counter, rather than 16 random bytes from the kernel per turn.
+_token_prefix = os.urandom(12).hex()
+_token_numbers = itertools.count()
+
+
+def _new_token() -> str:
+    return f"{_token_prefix}{next(_token_numbers):x}"
+
+
+def _new_prefix() -> None:
+    global _token_prefix  # a forked worker (gunicorn --preload) must not repeat its parent's tokens
+    _token_prefix = os.urandom(12).hex()
+
+
+os.register_at_fork(after_in_child=_new_prefix)
+
+
+class LeaseKeeper:
+    """Renews the leases of the turns in flight, from one timer for all of them.
+
+    A turn holds its lease for the upstream's whole reply, seconds to minutes, and most turns end
+    long before their first renewal is due (a third of the TTL). So there is no timer per turn:
+    while it holds any lease, the keeper ticks every sixth of the TTL and renews those held for a
+    third of it, so each renewal comes between a third and a half of the TTL after the last one.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[TurnLease, float] = {}  # lease -> the loop time its renewal is due
+        self._timer: asyncio.TimerHandle | None = None
+
+    def hold(self, lease: TurnLease, ttl_ms: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._held[lease] = loop.time() + ttl_ms / 3000
+        if self._timer is None:
+            self._timer = loop.call_later(ttl_ms / 6000, self._tick, ttl_ms / 6000)
+
+    def drop(self, lease: TurnLease) -> None:
+        self._held.pop(lease, None)
+
+    def _tick(self, interval: float) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for lease in [lease for lease, due in self._held.items() if due <= now]:
+            del self._held[lease]
+            lease.renew_now()  # holds it again once renewed
+        self._timer = loop.call_later(interval, self._tick, interval) if self._held else None
 
 
 class TurnLease:
@@ -44,7 +95,8 @@ class TurnLease:
         session_id: str,
         settings: Settings,
         spawn: Spawn,
-        gone_within: Callable[[float], Awaitable[bool]] | None = None,
+        gone_within: GoneWithin | None = None,
+        keeper: LeaseKeeper | None = None,
     ) -> None:
         """``spawn`` runs a background release; the turn service owns those tasks and drains them.
         ``gone_within(seconds)`` waits while the session is busy, True as soon as the client has left."""
@@ -53,10 +105,10 @@ class TurnLease:
         self.spawn = spawn
         self.owner = owner
         self.session_id = session_id
-        self.lease = Lease(secrets.token_hex(16), max(int(settings.lease_ttl * 1000), 1))
+        self.lease = Lease(_new_token(), max(int(settings.lease_ttl * 1000), 1))
         self.settings = settings
         self.released = False
-        self._timer: asyncio.TimerHandle | None = None
+        self.keeper = keeper if keeper is not None else LeaseKeeper()
         self._still_wanted: Callable[[], bool] | None = None
         self._renewing: asyncio.Task[None] | None = None
 
@@ -97,15 +149,15 @@ class TurnLease:
         """Renew the lease in the background until released (the upstream may take minutes).
 
         Before each renewal ``still_wanted`` is asked; once it says no, renewing stops (the
-        caller cuts its turn and releases the lease). A timer, not a task: most turns end long
-        before the first renewal, and a timer costs a fraction of a task that has to be woken up
-        to be cancelled.
+        caller cuts its turn and releases the lease). The keeper's timer does it: no timer or
+        task per turn until a renewal is due.
         """
         self._still_wanted = still_wanted
-        self._timer = asyncio.get_running_loop().call_later(self.lease.ttl_ms / 3000, self._renew_now)
+        self.keeper.hold(self, self.lease.ttl_ms)
 
-    def _renew_now(self) -> None:
-        if self._still_wanted is not None and not self._still_wanted():
+    def renew_now(self) -> None:
+        """Renew in the background now (the keeper calls it when the renewal is due)."""
+        if self.released or (self._still_wanted is not None and not self._still_wanted()):
             return
         self._renewing = asyncio.get_running_loop().create_task(self._renew())
 
@@ -113,8 +165,7 @@ class TurnLease:
         """Stop renewing and drop the lease unless a commit already released it."""
         # still_wanted refers back to the turn's task: keeping it would make every turn cyclic garbage
         self._still_wanted = None
-        if self._timer is not None:
-            self._timer.cancel()
+        self.keeper.drop(self)
         if self._renewing is not None:
             self._renewing.cancel()
         if self.released:

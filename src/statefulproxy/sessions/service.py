@@ -14,19 +14,20 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from ..dialects.base import AssistantReply, Canonical, Dialect
-from ..errors import ClientError, StoreError
+from ..errors import ClientError, StoreError, session_not_found
+from ..metrics import Metrics
 from ..settings import Settings
 from ..stores.base import DROP_ALL, IdempotentReply, SessionSnapshot, Store
 from .idempotency import IdempotencyKey
 from .identity import MINTED_PREFIX, mint_session_id
-from .leases import TurnLease
+from .leases import GoneWithin, LeaseKeeper, TurnLease
 from .messages import MessageIds, ReasoningField
 from .retries import recorded_reply
 from .splice import TurnPlan, plan_turn
@@ -59,7 +60,7 @@ class TurnRequest:
     reasoning_field: ReasoningField = "none"  # how the upstream takes stored reasoning back
     namespace: str | None = None  # the path prefix a new session is created under
     turn_metadata: dict[str, Any] | None = None  # kept beside the turn's first new message
-    gone_within: Callable[[float], Awaitable[bool]] | None = None  # waits on a busy session; True: client left
+    gone_within: GoneWithin | None = None  # waits on a busy session; True: client left
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +111,7 @@ class Turn:
                 natives=[item.native for item in request.sent] if request.dialect.name != "openai" else (),
                 turn_metadata=request.turn_metadata,
                 namespace=request.namespace,
+                dialect=request.dialect.name,
             )
         except orjson.JSONEncodeError as exc:
             if not _too_deep(exc):
@@ -125,12 +127,20 @@ class Turn:
         lease = self.lease
         if lease is not None:
             write = dataclasses.replace(write, lease_token=lease.token)
-        result = await service.store.commit(request.owner, self.session_id, write)
+        metrics = service.metrics
+        try:
+            result = await service.store.commit(request.owner, self.session_id, write)
+        except StoreError:
+            metrics.turns_not_recorded["store_error"] += 1
+            raise
         if lease is not None:
             lease.released = True  # the commit released it in the same step
         if result != "ok":
+            metrics.turns_not_recorded[result] += 1
             logger.info("turn not recorded: session %s", result)
-        return result == "ok"
+            return False
+        metrics.turns_recorded += 1
+        return True
 
     def keep_leased(self, still_wanted: Callable[[], bool]) -> None:
         """Keep the lease renewed while the turn runs and ``still_wanted()`` says so."""
@@ -146,11 +156,15 @@ class Turn:
 class TurnService:
     """Runs session turns against ``store``; one per middleware."""
 
-    def __init__(self, store: Store, settings: Settings, message_ids: MessageIds) -> None:
+    def __init__(
+        self, store: Store, settings: Settings, message_ids: MessageIds, metrics: Metrics | None = None
+    ) -> None:
         self.store = store
         self.settings = settings
         self.message_ids = message_ids
+        self.metrics = metrics if metrics is not None else Metrics()  # turns recorded, and not
         self._background: set[asyncio.Task[None]] = set()
+        self.leases = LeaseKeeper()  # renews the leases of long turns, from one timer
 
     async def begin(self, request: TurnRequest) -> Turn | Recorded:
         """Admit a turn: a Turn to run, or a Recorded reply to send. Raises ClientError or StoreError."""
@@ -161,7 +175,7 @@ class TurnService:
             if session_id is None:
                 session_id = mint_session_id() if key is None else key.session_id(owner)
             if record:
-                lease = TurnLease(self.store, owner, session_id, self.settings, self.spawn, request.gone_within)
+                lease = self._lease(owner, session_id, request.gone_within)
                 snapshot = await lease.load(None if key is None else key.hashed)
             else:
                 snapshot = await self.store.load(owner, session_id)
@@ -177,13 +191,11 @@ class TurnService:
             # idempotency_ttl): this is no retry of that turn, and must not reopen that conversation.
             await _release(lease)
             session_id = mint_session_id()
-            lease = TurnLease(self.store, owner, session_id, self.settings, self.spawn) if record else None
+            lease = self._lease(owner, session_id) if record else None
             snapshot = await lease.load() if lease is not None else None
         try:
             if snapshot is None and not minted and (session_id.startswith(MINTED_PREFIX) or request.must_exist):
-                raise ClientError(
-                    404, f"No session found with id '{session_id}'.", param="session_id", code="not_found"
-                )
+                raise session_not_found(session_id, "session_id")
             if snapshot is not None:
                 _admit(snapshot)
             plan, forward = self._splice(request, snapshot)
@@ -197,6 +209,9 @@ class TurnService:
             await _release(lease)
             raise
         return Turn(self, request, session_id, forward, plan if record else None, snapshot, lease)
+
+    def _lease(self, owner: str, session_id: str, gone_within: GoneWithin | None = None) -> TurnLease:
+        return TurnLease(self.store, owner, session_id, self.settings, self.spawn, gone_within, self.leases)
 
     def degraded(self, request: TurnRequest) -> Turn:
         """The turn when the store is down and ``on_store_error`` is passthrough: forwarded

@@ -26,11 +26,13 @@ def turn_write(
     natives: Sequence[dict[str, Any] | None] = (),
     turn_metadata: dict[str, Any] | None = None,
     namespace: str | None = None,
+    dialect: str | None = None,
 ) -> TurnWrite:
     """The write of a turn: ``plan``'s messages, then ``reply``'s, whose stored message is last.
 
     ``natives`` runs beside ``sent``: what a dialect keeps of each sent message (dialects.base.Canonical).
     ``turn_metadata`` is kept beside the turn's first new message (the simple chat API's extra fields).
+    ``dialect`` (the wire format the turn came in) is kept beside the reply, with its usage.
     """
     # info is built by hand: a turn writes several, on the hot path
     created_at = b'","created_at":' + str(int(time.time())).encode()
@@ -57,6 +59,7 @@ def turn_write(
             ("usage", reply.usage),
             ("finish_reason", reply.finish_reason),
             ("model", reply.model),
+            ("dialect", dialect),
             ("native", reply.native),
         )
         if value is not None

@@ -42,6 +42,7 @@ class MeteredStore:
         self._errors = metrics.store_errors
         self._load = metrics.store_command("load")
         self._commit = metrics.store_command("commit")
+        self._errors.setdefault("owner_secret", 0)
 
     async def _timed(self, command: str, pending: Awaitable[T]) -> T:
         histogram = self._metrics.store_command(command)
@@ -81,6 +82,7 @@ class MeteredStore:
             histogram.observe(perf_counter() - started)
 
     # not timed: connecting, the readiness probe, and a secret almost always answered from memory
+    # (its failures are counted)
 
     async def open(self) -> None:
         await self.inner.open()
@@ -92,7 +94,11 @@ class MeteredStore:
         return await self.inner.ping()
 
     async def owner_secret(self) -> bytes:
-        return await self.inner.owner_secret()
+        try:
+            return await self.inner.owner_secret()
+        except StoreError:  # it failed, so it went to the store
+            self._errors["owner_secret"] += 1
+            raise
 
     async def create(
         self,
