@@ -17,6 +17,7 @@ LAYERS = {
     "dialects.anthropic_stream": 2, "dialects.anthropic": 3, "dialects.ollama_stream": 2, "dialects.ollama": 3,
     "dialects.gemini_stream": 2, "dialects.gemini": 3, "dialects": 5,
     "stores.base": 0, "stores.resp": 0, "stores.redis_scripts": 0, "stores.memory_session": 1, "stores.redis_codec": 1,
+    "stores.resp_types": -1,
     "stores.redis_manage_scripts": 0,
     "stores.redis_address": 1, "stores.redis_topology": 1, "stores.cluster": 2, "stores.sentinel": 2,
     "stores.limits": 1, "stores.redis_history": 1, "stores.redis_index": 2, "stores.redis_secret": 2,

@@ -56,6 +56,22 @@ async def test_scripts_load_themselves_when_redis_does_not_know_them(client: Res
     await client.aclose()
 
 
+async def test_a_script_then_a_command_run_in_one_transaction(client: RespClient) -> None:
+    key = f"resp-{uuid.uuid4().hex}"
+    script = Script(f"-- {uuid.uuid4().hex}\nredis.call('RPUSH', KEYS[1], ARGV[1]) return redis.call('LLEN', KEYS[1])")
+    # unknown to Redis at first: EVALSHA fails inside the transaction, EVAL runs it
+    assert await client.run_script_then(script, (key,), (b"a",), (b"LRANGE", key, 0, -1)) == (1, [b"a"])
+    assert await client.run_script_then(script, (key,), (b"b",), (b"LRANGE", key, 0, -1)) == (2, [b"a", b"b"])
+    with pytest.raises(RespError, match="WRONGTYPE"):  # the command's error reply raises too
+        await client.run_script_then(script, (key,), (b"c",), (b"GET", key))
+    failing = Script("return redis.error_reply('ERR refused by the script')")
+    with pytest.raises(RespError, match="refused by the script"):
+        await client.run_script_then(failing, (key,), (), (b"LLEN", key))
+    assert await client.execute(b"LLEN", key) == 3  # and the connection goes on
+    await client.execute(b"DEL", key)
+    await client.aclose()
+
+
 async def test_error_replies_raise_and_leave_the_connection_usable(client: RespClient) -> None:
     key = f"resp-{uuid.uuid4().hex}"
     await client.execute(b"SET", key, b"text")

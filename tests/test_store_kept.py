@@ -182,5 +182,15 @@ async def test_redis_kept_replies_cost_no_extra_round_trip(make_store: StoreFact
 
     write = kept(turn("u2", "a2"), "k1")
     assert await trace(lambda: store.commit(SCOPE, "s1", write)) == ["EVALSHA"]
-    assert await trace(lambda: store.load(SCOPE, "s1", Lease("A", 30_000), "k1")) == ["EVALSHA"]
-    assert await trace(lambda: store.load(SCOPE, "s1", Lease("A", 30_000), "k2")) == ["EVALSHA"]
+    assert await trace(lambda: store.load(SCOPE, "s1", Lease("A", 30_000), "k1")) == [
+        "MULTI",
+        "EVALSHA",
+        "LRANGE",
+        "EXEC",
+    ]  # the history by a plain LRANGE, one MULTI
+    assert await trace(lambda: store.load(SCOPE, "s1", Lease("A", 30_000), "k2")) == [
+        "MULTI",
+        "EVALSHA",
+        "LRANGE",
+        "EXEC",
+    ]  # the history by a plain LRANGE, one MULTI

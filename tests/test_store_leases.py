@@ -403,17 +403,19 @@ async def test_redis_leases_cost_no_extra_round_trip(make_store: StoreFactory, t
     store = make_store(ttl=3600)
     await store.open()  # connected, scripts loaded
 
-    assert await trace(lambda: store.load(SCOPE, "s1", lease("A"))) == ["EVALSHA"]
+    # a load reads the history with a plain LRANGE beside its script, in one MULTI: one round trip
+    load = ["MULTI", "EVALSHA", "LRANGE", "EXEC"]
+    assert await trace(lambda: store.load(SCOPE, "s1", lease("A"))) == load
     first = leased(turn("u1", create=NewSession()), "A")
     assert await trace(lambda: store.commit(SCOPE, "s1", first)) == ["EVALSHA"]
-    assert await trace(lambda: store.load(SCOPE, "s1", lease("B"))) == ["EVALSHA"]
+    assert await trace(lambda: store.load(SCOPE, "s1", lease("B"))) == load
     assert await trace(lambda: store.renew_lease(SCOPE, "s1", lease("B"))) == ["EVALSHA"]
 
     async def busy_load() -> None:
         with pytest.raises(SessionBusy):
             await store.load(SCOPE, "s1", lease("C"))
 
-    assert await trace(busy_load) == ["EVALSHA"]
+    assert await trace(busy_load) == load
     assert await trace(lambda: store.commit(SCOPE, "s1", leased(turn("u2"), "B"))) == ["EVALSHA"]
     assert await trace(lambda: store.release_lease(SCOPE, "s1", "B")) == ["EVALSHA"]
     assert await history(store) == ["u1", "u2"]

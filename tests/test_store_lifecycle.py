@@ -516,6 +516,11 @@ async def test_redis_writes_index_and_session_in_one_round_trip(
     assert await trace(lambda: store.create(SCOPE, "s1", NewSession())) == ["EVALSHA"]
     assert await trace(lambda: store.commit(SCOPE, "s2", turn("u1", create=NewSession()))) == ["EVALSHA"]
     assert await trace(lambda: store.commit(SCOPE, "s2", turn("u2"))) == ["EVALSHA"]  # a plain turn: no index
-    assert await trace(lambda: store.load(SCOPE, "s2")) == ["EVALSHA"]
+    assert await trace(lambda: store.load(SCOPE, "s2")) == [
+        "MULTI",
+        "EVALSHA",
+        "LRANGE",
+        "EXEC",
+    ]  # the history by a plain LRANGE, one MULTI
     assert await trace(lambda: store.delete(SCOPE, "s2")) == ["EVALSHA", "ZREM"]
     assert await page_ids(store, limit=10) == (["s1"], False)

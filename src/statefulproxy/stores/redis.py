@@ -12,11 +12,10 @@ TTL when the store has one, the owners' indexes included (stores/redis_index.py)
 owner secret ``<prefix>:secret`` has none.
 
 The URL picks the client: one node, a Redis Cluster (stores/cluster.py) or Sentinel's master
-(stores/sentinel.py). On one node a session's scripts also do its owner's index work in the
-same step (creating: the cap check and the listing; every turn: the index TTL). On a Cluster
-each owner's whole index (and seq) is on one slot, and each session on its own: creating
-awaits the index write before writing the session (a round trip more, on creation only),
-deleting awaits the session's deletion before unlisting it.
+(stores/sentinel.py). On one node a session's scripts also do its owner's index work (the cap,
+the listing, the index TTL), and a load reads the history by a plain LRANGE beside its script in
+one MULTI. On a Cluster each owner's index is on one slot, and each session on its own: creating
+writes the index first (a round trip more), deleting unlists the session after deleting it.
 """
 
 from __future__ import annotations
@@ -53,8 +52,7 @@ from .cluster import ClusterClient, cluster_from_url
 from .limits import session_limit_error
 from .redis_address import address_from_url
 from .redis_codec import (
-    NO_NEW_FIELDS,
-    USAGE,
+    commit_args,
     decode_window,
     encode,
     encode_window,
@@ -73,11 +71,10 @@ from .sentinel import SentinelClient, sentinel_from_url
 class RedisStore:
     """Sessions in Redis, shared by every proxy replica pointed at it.
 
-    ``url`` is a ``redis://`` or ``rediss://`` URL as redis-py parses it, or a
-    ``redis+cluster://`` or ``redis+sentinel://`` one (CONTRACT.md section 2). Nothing
-    connects before ``open()`` or the first call. ``ttl`` is the inactivity TTL in
-    seconds (None: keys never expire); ``clock`` returns unix seconds; a command
-    unanswered for ``timeout`` seconds fails with StoreError (connecting: at most 2 s).
+    ``url`` is a ``redis://`` or ``rediss://`` URL as redis-py parses it, or a ``redis+cluster://``
+    or ``redis+sentinel://`` one (CONTRACT.md section 2). Nothing connects before ``open()`` or the
+    first call. ``ttl`` is the inactivity TTL in seconds (None: never); ``clock`` returns unix
+    seconds; a command unanswered for ``timeout`` s fails with StoreError (connecting: 2 s at most).
     ``max_sessions_per_owner`` caps each owner's sessions (0: no cap).
 
     ``update`` changes ended and expired sessions too (title and metadata are management
@@ -114,14 +111,14 @@ class RedisStore:
             record=self._record,
         )
         turns = (lua.LOAD, lua.COMMIT, lua.CREATE, manage.UPDATE, manage.CLEAR, history.MESSAGES, manage.END)
-        reads = (history.MESSAGES_PAGE, history.MESSAGE_POSITIONS)
+        reads = (history.MESSAGES_PAGE, history.MESSAGE_POSITIONS, lua.LOAD_WITHOUT_HISTORY)
         self._scripts = tuple(Script(s) for s in (*turns, manage.DELETE, *reads, *manage.LEASES))
         self._load, self._commit, self._create, self._update, self._clear, self._messages = self._scripts[:6]
-        self._end, self._delete, self._page, self._positions, self._renew_lease, self._release_lease = self._scripts[6:]
+        self._end, self._delete, self._page, self._positions, self._load_without_history, *leases = self._scripts[6:]
+        self._renew_lease, self._release_lease = leases
 
     @property
     def address(self) -> RespAddress:
-        """Where the store connects to."""
         return self._client.address
 
     async def open(self) -> None:
@@ -154,11 +151,11 @@ class RedisStore:
         now, index = self._clock(), self._index
         args: tuple[Any, ...] = (int(now), round(now * 1000), self._ttl_ms, idempotency_key or "", session_id)
         args += (index.cap, index.ttl_ms, *lease_args(lease))
-        found = await self._turn_script("load", self._load, owner, session_id, args)
+        found = await self._load_script(owner, session_id, args)
         if found == b"full":  # one node: the owner is at its cap, and this would be a new session
             wait = await index.room_in(owner)
             if wait is None:  # some of its sessions were gone: ask again
-                found = await self._turn_script("load", self._load, owner, session_id, args)
+                found = await self._load_script(owner, session_id, args)
             if found == b"full":
                 raise session_limit_error(index.cap, wait or 1)
         if found is None:
@@ -186,19 +183,8 @@ class RedisStore:
         )
 
     async def commit(self, owner: str, session_id: str, write: TurnWrite) -> CommitResult:
-        new, now = write.create, self._clock()
-        args: list[Any] = [int(now), self._ttl_ms, write.drop_leading, write.tail_leading_system]
-        args.append(optional(write.title_hint))
-        args += ["0", *NO_NEW_FIELDS] if new is None else [1 + new.request_count, *new_fields(new, args[0])]
-        kept = write.idempotent
-        args.append(optional(write.lease_token))
-        args += ["-", "", "", ""] if kept is None else [kept.key, kept.value, round(now * 1000), kept.ttl_ms]
-        args += [session_id, self._index.cap, self._index.ttl_ms, len(write.usage)]
-        for name, tokens in write.usage.items():
-            args += [USAGE + name, int(tokens)]
-        args.append(len(write.head))
-        args += encode(write.head)
-        args += encode(write.tail)
+        new = write.create
+        args = commit_args(write, self._clock(), self._ttl_ms, session_id, self._index.cap, self._index.ttl_ms)
         if new is None or self._joined:
             result = await self._turn_script("commit", self._commit, owner, session_id, args)
             if result == b"limited" and await self._index.room_in(owner) is None:
@@ -369,6 +355,18 @@ class RedisStore:
                 self._client.run_script(script, keys, tuple(args)), self._index.touch(owner)
             )
             return result
+
+    async def _load_script(self, owner: str, session_id: str, args: tuple[Any, ...]) -> Any:
+        if not self._pipelined:  # on one node the history is read by a plain LRANGE in the same MULTI
+            return await self._turn_script("load", self._load, owner, session_id, args)
+        keys = self._joined_keys(owner, session_id)
+        with translate_errors("load"):
+            found, history = await cast(RespClient, self._client).run_script_then(
+                self._load_without_history, keys, args, (b"LRANGE", keys[1], 0, -1)
+            )
+        if isinstance(found, list) and len(found) == 4 and found[0] != b"kept":  # a history to return
+            found[2] = history
+        return found
 
     async def _in_order(self, first: Coroutine[Any, Any, Any], then: Coroutine[Any, Any, Any]) -> tuple[Any, Any]:
         """Both results, ``first`` run before ``then``: pipelined on one connection, else awaited first."""

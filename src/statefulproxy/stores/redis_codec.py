@@ -19,6 +19,7 @@ from .base import (
     SessionRecord,
     SessionStatus,
     StoredMessage,
+    TurnWrite,
     check_window,
 )
 from .resp import RespError
@@ -117,3 +118,20 @@ def encode(messages: Sequence[StoredMessage]) -> list[bytes]:
         if b"\n" in message.replay:
             raise ValueError("replay bytes must be compact JSON without a raw newline")
     return [message.replay + b"\n" + message.info for message in messages]
+
+
+def commit_args(write: TurnWrite, now: float, ttl_ms: int, session_id: str, cap: int, index_ttl_ms: int) -> list[Any]:
+    """The COMMIT script's ARGV for ``write`` (redis_scripts.COMMIT documents them)."""
+    new = write.create
+    args: list[Any] = [int(now), ttl_ms, write.drop_leading, write.tail_leading_system, optional(write.title_hint)]
+    args += ["0", *NO_NEW_FIELDS] if new is None else [1 + new.request_count, *new_fields(new, args[0])]
+    kept = write.idempotent
+    args.append(optional(write.lease_token))
+    args += ["-", "", "", ""] if kept is None else [kept.key, kept.value, round(now * 1000), kept.ttl_ms]
+    args += [session_id, cap, index_ttl_ms, len(write.usage)]
+    for name, tokens in write.usage.items():
+        args += [USAGE + name, int(tokens)]
+    args.append(len(write.head))
+    args += encode(write.head)
+    args += encode(write.tail)
+    return args

@@ -137,7 +137,7 @@ end
 # done) | 'full' (with the index keys: absent, leasing, and the owner at the cap: nothing done).
 # A session without limits skips all limit work. The lease is taken for an absent
 # session (its first turn) and for an admitted active one, never otherwise.
-LOAD = (
+_LOAD = (
     _REFRESH
     + OWNER_LUA
     + """
@@ -170,7 +170,7 @@ if not m[1] then
   take_lease()
   return false
 end
-if m[1] ~= 'active' then return {m[1], m[3], redis.call('LRANGE', KEYS[2], 0, -1), m[6] or ''} end
+if m[1] ~= 'active' then return {m[1], m[3], HISTORY, m[6] or ''} end
 
 local rpm, max_requests = tonumber(m[4]), tonumber(m[5])
 if max_requests then
@@ -208,9 +208,14 @@ elseif window_made and tonumber(ARGV[3]) > 0 then
   redis.call('PEXPIRE', KEYS[3], ARGV[3])
 end
 take_lease()
-return {m[1], m[3], redis.call('LRANGE', KEYS[2], 0, -1), m[6] or ''}
+return {m[1], m[3], HISTORY, m[6] or ''}
 """
 )
+
+# HISTORY is where the history is read: inside the script (a Cluster, Sentinel), or by a plain
+# LRANGE right after it in the same MULTI (one node: half the Redis CPU for a long history).
+LOAD = _LOAD.replace("HISTORY", "redis.call('LRANGE', KEYS[2], 0, -1)")
+LOAD_WITHOUT_HISTORY = _LOAD.replace("HISTORY", "{}")
 
 # ARGV: [1] now, [2] ttl_ms, [3] drop_leading, [4] tail_leading_system, [5] title_hint
 # ("-"/"+t"), [6] create: "0" no, else 1 + the new session's request_count, [7..15] create
