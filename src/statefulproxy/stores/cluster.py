@@ -29,7 +29,7 @@ from redis.crc import key_slot
 
 from ..errors import ConfigError
 from .redis_topology import READS, Backoff, Node, Unreachable, command_name, hosts_from_url, refused, unsent
-from .resp import Arg, RespAddress, RespClient, RespError, Script
+from .resp import Arg, RespAddress, RespClient, RespError, Script, evalsha
 
 SLOTS = 16384
 _MAX_REDIRECTS = 16
@@ -93,12 +93,7 @@ class ClusterClient:
 
     async def run_script(self, script: Script, keys: tuple[Arg, ...], args: tuple[Arg, ...]) -> Any:
         key = _as_bytes(keys[0]) if keys else None
-        try:
-            return await self._routed(key, (b"EVALSHA", script.sha, len(keys), *keys, *args))
-        except RespError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
-                raise
-        return await self._routed(key, (b"EVAL", script.source, len(keys), *keys, *args))
+        return await evalsha(lambda command: self._routed(key, command), script, keys, args)
 
     async def aclose(self) -> None:
         clients, self._clients = list(self._clients.values()), {}

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import hiredis
@@ -51,6 +51,18 @@ class RespError(Exception):
 
 class RespAuthError(RespError):
     """Redis refused the credentials (WRONGPASS, NOAUTH, invalid password)."""
+
+
+async def evalsha(
+    send: Callable[[tuple[Arg, ...]], Awaitable[Any]], script: Script, keys: tuple[Arg, ...], args: tuple[Arg, ...]
+) -> Any:
+    """``script`` by EVALSHA, by EVAL when Redis does not know it (a restart, a failover): every client's way."""
+    try:
+        return await send((b"EVALSHA", script.sha, len(keys), *keys, *args))
+    except RespError as exc:
+        if not str(exc).startswith("NOSCRIPT"):
+            raise
+    return await send((b"EVAL", script.source, len(keys), *keys, *args))
 
 
 def _error(reply: hiredis.ReplyError) -> RespError:
@@ -243,12 +255,7 @@ class RespClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def run_script(self, script: Script, keys: tuple[Arg, ...], args: tuple[Arg, ...]) -> Any:
-        try:
-            return await self.execute(b"EVALSHA", script.sha, len(keys), *keys, *args)
-        except RespError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
-                raise
-        return await self.execute(b"EVAL", script.source, len(keys), *keys, *args)
+        return await evalsha(lambda command: self.execute(*command), script, keys, args)
 
     async def aclose(self) -> None:
         """Close every connection and stop a connect attempt; the next command connects again."""

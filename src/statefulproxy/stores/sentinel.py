@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from .redis_topology import READS, Backoff, Unreachable, command_name, hosts_from_url, refused, unsent
-from .resp import Arg, RespAddress, RespClient, RespError, Script
+from .resp import Arg, RespAddress, RespClient, RespError, Script, evalsha
 
 
 class SentinelClient:
@@ -79,12 +79,7 @@ class SentinelClient:
             await backoff.wait(error)
 
     async def run_script(self, script: Script, keys: tuple[Arg, ...], args: tuple[Arg, ...]) -> Any:
-        try:
-            return await self.execute(b"EVALSHA", script.sha, len(keys), *keys, *args)
-        except RespError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
-                raise
-        return await self.execute(b"EVAL", script.source, len(keys), *keys, *args)
+        return await evalsha(lambda command: self.execute(*command), script, keys, args)
 
     async def aclose(self) -> None:
         last, self._master, self._last = self._last, None, None
