@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import anyio
+import hiredis
 import orjson
 import pytest
 import redis.asyncio
@@ -660,9 +661,12 @@ def trace_commands(monkeypatch: pytest.MonkeyPatch) -> Trace:
     events: list[str] = []
     send, data_received = resp_module._Connection.send, resp_module._Connection.data_received
 
-    def record_send(self: Any, packed: bytes) -> Any:
-        events.append(packed.split(b"\r\n")[2].decode())  # the command name
-        return send(self, packed)
+    def record_send(self: Any, packed: bytes, skip: int = 0) -> Any:
+        reader = hiredis.Reader()  # one packed write may hold several commands (a transaction)
+        reader.feed(packed)
+        while (command := reader.gets()) is not False:
+            events.append(command[0].decode())  # the command name
+        return send(self, packed, skip)
 
     def record_reply(self: Any, data: bytes) -> None:
         events.append("reply")

@@ -128,9 +128,10 @@ async def test_load_without_a_lease_ignores_leases(store: Store) -> None:
     snapshot = await store.load(SCOPE, "s1")  # the read path of store:false requests, and old callers
     assert snapshot is not None
     assert len(snapshot.replay) == 1
-    assert await request_count(store) == 2
     assert await store.renew_lease(SCOPE, "s1", lease("A"))  # untouched
     assert await is_busy(store)
+    await store.release_lease(SCOPE, "s1", "A")  # A's turn ends: both requests are counted by now
+    assert await request_count(store) == 2
     assert await store.load(SCOPE, "absent") is None
     assert not await is_busy(store, "absent")  # and no lease taken on a new id either
 
@@ -403,9 +404,11 @@ async def test_redis_leases_cost_no_extra_round_trip(make_store: StoreFactory, t
     store = make_store(ttl=3600)
     await store.open()  # connected, scripts loaded
 
-    # a load reads the history with a plain LRANGE beside its script, in one MULTI: one round trip
-    load = ["MULTI", "EVALSHA", "LRANGE", "EXEC"]
-    assert await trace(lambda: store.load(SCOPE, "s1", lease("A"))) == load
+    # a common turn's load is plain commands in one MULTI (stores/redis_load.py): one round trip,
+    # a new session's included (with room under the owner's cap read beside it)
+    load = ["MULTI", "HMGET", "PTTL", "GET", "SET", "LRANGE", "EXEC"]
+    new = [*load[:-1], "ZSCORE", "ZCARD", "EXEC"] if make_store.redis(store)._index.cap else load
+    assert await trace(lambda: store.load(SCOPE, "s1", lease("A"))) == new
     first = leased(turn("u1", create=NewSession()), "A")
     assert await trace(lambda: store.commit(SCOPE, "s1", first)) == ["EVALSHA"]
     assert await trace(lambda: store.load(SCOPE, "s1", lease("B"))) == load
@@ -415,7 +418,29 @@ async def test_redis_leases_cost_no_extra_round_trip(make_store: StoreFactory, t
         with pytest.raises(SessionBusy):
             await store.load(SCOPE, "s1", lease("C"))
 
-    assert await trace(busy_load) == load
+    assert await trace(busy_load) == new
     assert await trace(lambda: store.commit(SCOPE, "s1", leased(turn("u2"), "B"))) == ["EVALSHA"]
     assert await trace(lambda: store.release_lease(SCOPE, "s1", "B")) == ["EVALSHA"]
+    # B's load, left uncounted by the transaction, was counted by its commit (the release after it
+    # counts nothing more); C was busy. A created the session (its request_count is the write's).
+    assert await request_count(store) == 1
     assert await history(store) == ["u1", "u2"]
+
+
+async def test_every_admitted_leased_turn_counts_once(store: Store) -> None:
+    """However a store counts (Redis leaves a plain load's count to the turn's end), a turn ends
+    counted once: by its commit, or by the release of a lease no commit released."""
+    await store.create(SCOPE, "s1", NewSession())
+    assert await store.load(SCOPE, "s1", lease("A")) is not None
+    await store.release_lease(SCOPE, "s1", "A")
+    assert await request_count(store) == 1
+    assert await store.load(SCOPE, "s1", lease("B")) is not None
+    assert await store.commit(SCOPE, "s1", leased(turn("u1"), "B")) == "ok"
+    await store.release_lease(SCOPE, "s1", "B")  # after the commit: counts nothing more
+    assert await request_count(store) == 2
+
+    assert await store.load(SCOPE, "s1", lease("C")) is not None
+    assert await store.delete(SCOPE, "s1")
+    await store.release_lease(SCOPE, "s1", "C")  # the session is gone: nothing to count, nothing made
+    assert await store.get(SCOPE, "s1") is None
+    assert await store.load(SCOPE, "s1") is None

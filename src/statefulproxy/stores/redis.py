@@ -53,7 +53,6 @@ from .limits import session_limit_error
 from .redis_address import address_from_url
 from .redis_codec import (
     commit_args,
-    decode_window,
     encode,
     encode_window,
     lease_args,
@@ -63,6 +62,7 @@ from .redis_codec import (
     translate_errors,
 )
 from .redis_index import OwnerIndex
+from .redis_load import plain_load, script_snapshot
 from .redis_secret import SharedSecret
 from .resp import RespAddress, RespAuthError, RespClient, RespError, Script
 from .sentinel import SentinelClient, sentinel_from_url
@@ -116,6 +116,8 @@ class RedisStore:
         self._load, self._commit, self._create, self._update, self._clear, self._messages = self._scripts[:6]
         self._end, self._delete, self._page, self._positions, self._load_without_history, *leases = self._scripts[6:]
         self._renew_lease, self._release_lease = leases
+        # lease tokens of turns loaded without counting (redis_load.py): until when their TTLs are fresh
+        self._uncounted: dict[str, float] = {}
 
     @property
     def address(self) -> RespAddress:
@@ -149,6 +151,14 @@ class RedisStore:
         self, owner: str, session_id: str, lease: Lease | None = None, idempotency_key: str | None = None
     ) -> SessionSnapshot | None:
         now, index = self._clock(), self._index
+        if lease is not None and idempotency_key is None and self._pipelined:
+            keys, client = self._joined_keys(owner, session_id), cast(RespClient, self._client)
+            with translate_errors("load"):
+                plain = await plain_load(client, session_id, keys, lease, now, self._ttl_ms, index.cap)
+            if plain is not False:  # else the script decides
+                if plain is not None:  # counted by the commit, or by the lease's release
+                    self._uncounted[lease.token] = time.monotonic() + plain[1] / 1000
+                return None if plain is None else plain[0]
         args: tuple[Any, ...] = (int(now), round(now * 1000), self._ttl_ms, idempotency_key or "", session_id)
         args += (index.cap, index.ttl_ms, *lease_args(lease))
         found = await self._load_script(owner, session_id, args)
@@ -164,27 +174,12 @@ class RedisStore:
             return None
         if isinstance(found, bytes):  # b"busy"
             raise SessionBusy(f"session {session_id!r} is busy: another turn holds its lease")
-        if found[0] == b"kept":
-            return SessionSnapshot(session_id, cast(SessionStatus, found[1].decode()), [], 0, idempotent=found[2])
-        status = cast(SessionStatus, found[0].decode())
-        if len(found) == 5:  # over a limit: the history is not needed
-            retry_after, refused_by = found[3:]
-            limited_by = cast(Literal["max_requests_per_1_minute", "max_requests"], refused_by.decode())
-            return SessionSnapshot(session_id, status, [], 0, int(retry_after), limited_by)
-        _, leading_system, elements, window = found
-        replay = [element.partition(b"\n")[0] for element in elements]
-        return SessionSnapshot(
-            session_id,
-            status,
-            replay,
-            int(leading_system),
-            window=decode_window(window),
-            info=lambda: [element.partition(b"\n")[2] for element in elements],
-        )
+        return script_snapshot(session_id, found)
 
     async def commit(self, owner: str, session_id: str, write: TurnWrite) -> CommitResult:
         new = write.create
-        args = commit_args(write, self._clock(), self._ttl_ms, session_id, self._index.cap, self._index.ttl_ms)
+        flags = self._counts(write.lease_token)
+        args = commit_args(write, self._clock(), self._ttl_ms, session_id, self._index.cap, self._index.ttl_ms, flags)
         if new is None or self._joined:
             result = await self._turn_script("commit", self._commit, owner, session_id, args)
             if result == b"limited" and await self._index.room_in(owner) is None:
@@ -309,7 +304,16 @@ class RedisStore:
         return bool(await self._run("renew_lease", self._renew_lease, owner, session_id, *lease_args(lease)))
 
     async def release_lease(self, owner: str, session_id: str, token: str) -> None:
-        await self._run("release_lease", self._release_lease, owner, session_id, token)
+        count = self._counts(token) & 1
+        await self._run("release_lease", self._release_lease, owner, session_id, token, count)
+
+    def _counts(self, token: str | None) -> int:
+        """The commit's flags for the turn holding ``token``, asked once: 1 it is still to be counted
+        (its load did not), 2 as well: its load found the TTLs fresh enough to last until now."""
+        fresh_until = self._uncounted.pop(token, None) if token is not None else None
+        if fresh_until is None:
+            return 0
+        return 3 if time.monotonic() < fresh_until else 1
 
     async def put_client_secret(
         self, secret_hash: str, owner: str, session_id: str, ttl: float, grant: bytes = b""

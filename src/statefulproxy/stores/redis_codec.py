@@ -120,7 +120,9 @@ def encode(messages: Sequence[StoredMessage]) -> list[bytes]:
     return [message.replay + b"\n" + message.info for message in messages]
 
 
-def commit_args(write: TurnWrite, now: float, ttl_ms: int, session_id: str, cap: int, index_ttl_ms: int) -> list[Any]:
+def commit_args(
+    write: TurnWrite, now: float, ttl_ms: int, session_id: str, cap: int, index_ttl_ms: int, flags: int = 0
+) -> list[Any]:
     """The COMMIT script's ARGV for ``write`` (redis_scripts.COMMIT documents them)."""
     new = write.create
     args: list[Any] = [int(now), ttl_ms, write.drop_leading, write.tail_leading_system, optional(write.title_hint)]
@@ -128,7 +130,7 @@ def commit_args(write: TurnWrite, now: float, ttl_ms: int, session_id: str, cap:
     kept = write.idempotent
     args.append(optional(write.lease_token))
     args += ["-", "", "", ""] if kept is None else [kept.key, kept.value, round(now * 1000), kept.ttl_ms]
-    args += [session_id, cap, index_ttl_ms, len(write.usage)]
+    args += [session_id, cap, index_ttl_ms, len(write.usage), flags]
     for name, tokens in write.usage.items():
         args += [USAGE + name, int(tokens)]
     args.append(len(write.head))

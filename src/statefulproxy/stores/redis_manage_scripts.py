@@ -45,8 +45,12 @@ if redis.call('GET', KEYS[4]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[
 return 0
 """
 
-# ARGV: token. Drops the lease only if the token holds it. -> 1 | 0
+# ARGV: token, count ("1": the turn's load did not count it in request_count, and no commit will).
+# Drops the lease only if the token holds it. -> 1 | 0
 RELEASE_LEASE = """
+if ARGV[2] == '1' and redis.call('HEXISTS', KEYS[1], 'status') == 1 then
+  redis.call('HINCRBY', KEYS[1], 'request_count', 1)
+end
 if redis.call('GET', KEYS[4]) == ARGV[1] then return redis.call('DEL', KEYS[4]) end
 return 0
 """

@@ -136,7 +136,8 @@ end
 # {'kept', status, value} (nothing else done) | 'busy' (another token holds the lease: nothing
 # done) | 'full' (with the index keys: absent, leasing, and the owner at the cap: nothing done).
 # A session without limits skips all limit work. The lease is taken for an absent
-# session (its first turn) and for an admitted active one, never otherwise.
+# session (its first turn) and for an admitted active one, never otherwise: a refusal drops the
+# token's own lease.
 _LOAD = (
     _REFRESH
     + OWNER_LUA
@@ -152,25 +153,30 @@ if m[1] and ARGV[4] ~= '' then
   end
 end
 
-local leasing = #ARGV > 7
+local leasing, holder = #ARGV > 7, false
 if leasing then
-  local holder = redis.call('GET', KEYS[4])
+  holder = redis.call('GET', KEYS[4])
   if holder and holder ~= ARGV[8] then return 'busy' end
 end
 local function take_lease()
   if leasing then redis.call('SET', KEYS[4], ARGV[8], 'PX', ARGV[9]) end
+end
+-- a refused turn holds no lease, also one its turn's transaction took (stores/redis_load.py)
+local function refuse(result)
+  if holder then redis.call('DEL', KEYS[4]) end
+  return result
 end
 
 if not m[1] then
   local cap = tonumber(ARGV[6])
   if leasing and KEYS[8] and cap > 0 and not redis.call('ZSCORE', KEYS[8], ARGV[5])
       and redis.call('ZCARD', KEYS[8]) >= cap then
-    return 'full'
+    return refuse('full')
   end
   take_lease()
   return false
 end
-if m[1] ~= 'active' then return {m[1], m[3], HISTORY, m[6] or ''} end
+if m[1] ~= 'active' then return refuse({m[1], m[3], HISTORY, m[6] or ''}) end
 
 local rpm, max_requests = tonumber(m[4]), tonumber(m[5])
 if max_requests then
@@ -184,7 +190,7 @@ if max_requests then
       local pttl = redis.call('PTTL', KEYS[1])
       if pttl > 0 then wait = math.ceil(pttl / 1000) end
     end
-    return {m[1], 0, {}, math.max(wait, 1), 'max_requests'}
+    return refuse({m[1], 0, {}, math.max(wait, 1), 'max_requests'})
   end
 end
 local now_ms = tonumber(ARGV[2])
@@ -195,7 +201,7 @@ if rpm then
   window_made = admitted == 0
   if admitted >= rpm then
     local oldest = tonumber(redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')[2])
-    return {m[1], 0, {}, math.max(math.ceil((oldest + 60000 - now_ms) / 1000), 1), 'max_requests_per_1_minute'}
+    return refuse({m[1], 0, {}, math.max(math.ceil((oldest + 60000 - now_ms) / 1000), 1), 'max_requests_per_1_minute'})
   end
 end
 local count = redis.call('HINCRBY', KEYS[1], 'request_count', 1)
@@ -221,7 +227,9 @@ LOAD_WITHOUT_HISTORY = _LOAD.replace("HISTORY", "{}")
 # ("-"/"+t"), [6] create: "0" no, else 1 + the new session's request_count, [7..15] create
 # fields, [16] lease token ("-"/"+token"), [17] kept key ("-" none), [18] kept value, [19] now_ms,
 # [20] kept ttl_ms, [21] session id, [22] max sessions per owner (0 none), [23] index ttl_ms,
-# [24] usage pair count, usage name/value pairs, head count, head elements, tail elements.
+# [24] usage pair count, [25] flags (1: the load left this request to the commit to count in
+# request_count; 2: it found the TTLs fresh enough to need no refresh yet), usage name/value
+# pairs, head count, head elements, tail elements.
 # -> ok | new | missing | ended | expired | limited (with the index keys: absent, and the owner
 # at the cap: nothing written). Whatever the result, the lease is released if the
 # token still holds it; a turn that lost its lease is still written (it happened), but the
@@ -239,8 +247,11 @@ local function done(result)
   if ARGV[16] ~= '-' and redis.call('GET', KEYS[4]) == string.sub(ARGV[16], 2) then redis.call('DEL', KEYS[4]) end
   return result
 end
-local m = redis.call('HMGET', meta, 'status', 'expires_at', 'anchor', 'expires_after', 'rpm', 'leading_system',
-  'id_base', 'message_count')
+local i = 26 + 2 * tonumber(ARGV[24])
+local fields = {'status', 'expires_at', 'anchor', 'expires_after', 'rpm', 'leading_system', 'id_base', 'message_count',
+  'request_count'}
+for j = 26, i - 1, 2 do fields[#fields + 1] = ARGV[j] end
+local m = redis.call('HMGET', meta, unpack(fields))
 local created = false
 if not m[1] then
   if ARGV[6] == '0' then return done('missing') end
@@ -248,7 +259,7 @@ if not m[1] then
     return done('limited')
   end
   create_meta(now, 7, tonumber(ARGV[6]) - 1)
-  m = {'active', ARGV[9], ARGV[10], ARGV[11], ARGV[12], 0, 0, 0}
+  m = {'active', ARGV[9], ARGV[10], ARGV[11], ARGV[12], 0, 0, 0, tonumber(ARGV[6]) - 1}
   created = true
 elseif m[1] == 'ended' then
   return done('ended')
@@ -257,10 +268,22 @@ else
   if expires_at and tonumber(now) >= expires_at then return done('expired') end
 end
 
--- Usage first: a script that fails midway keeps what it wrote, so do the one write that
--- can fail (HINCRBY overflow) before touching the history.
-local i = 25 + 2 * tonumber(ARGV[24])
-for j = 25, i - 1, 2 do redis.call('HINCRBY', meta, ARGV[j], ARGV[j + 1]) end
+-- The meta fields this turn sets, in one HSET at the end. Usage totals are summed here; one past
+-- 2^53 (exact in Lua's doubles) goes by HINCRBY, first: a script that fails midway keeps what it
+-- wrote, so the one write that can fail (HINCRBY overflow) comes before the history.
+local set = {'last_active_at', now}
+local flags = tonumber(ARGV[25])
+if flags % 2 == 1 then
+  set[3], set[4] = 'request_count', (tonumber(m[9]) or 0) + 1
+end
+for j = 26, i - 1, 2 do
+  local total = (tonumber(m[10 + (j - 26) / 2]) or 0) + tonumber(ARGV[j + 1])
+  if math.abs(total) < 9007199254740992 then
+    set[#set + 1], set[#set + 2] = ARGV[j], total
+  else
+    redis.call('HINCRBY', meta, ARGV[j], ARGV[j + 1])
+  end
+end
 
 -- message_count is the list's length; a session from before that field asks the list
 local len = tonumber(m[8]) or redis.call('LLEN', msgs)
@@ -307,21 +330,17 @@ end
 
 local lead = n_head + rest_lead
 if rest_lead == rest_len then lead = lead + tonumber(ARGV[4]) end
-local count = n_head + rest_len + (#ARGV - tail_first + 1)
-if base then
-  redis.call('HSET', meta, 'leading_system', lead, 'message_count', count, 'last_active_at', now, 'id_base', base)
-else
-  redis.call('HSET', meta, 'leading_system', lead, 'message_count', count, 'last_active_at', now)
-end
-if m[3] == 'last_active_at' then
-  redis.call('HSET', meta, 'expires_at', tonumber(now) + tonumber(m[4]))
-end
+set[#set + 1], set[#set + 2] = 'leading_system', lead
+set[#set + 1], set[#set + 2] = 'message_count', n_head + rest_len + (#ARGV - tail_first + 1)
+if base then set[#set + 1], set[#set + 2] = 'id_base', base end
+if m[3] == 'last_active_at' then set[#set + 1], set[#set + 2] = 'expires_at', tonumber(now) + tonumber(m[4]) end
+redis.call('HSET', meta, unpack(set))
 if ARGV[5] ~= '-' and redis.call('HEXISTS', meta, 'title') == 0 then
   redis.call('HSET', meta, 'title', string.sub(ARGV[5], 2))
 end
--- Mostly this turn's load refreshed every TTL a moment ago: then only keys made here need one.
+-- Mostly this turn's load found every TTL fresh (or refreshed it): then only keys made here need one.
 local ttl_ms = tonumber(ARGV[2])
-if created or stale(ttl_ms) then
+if created or (flags < 2 and stale(ttl_ms)) then
   refresh(ttl_ms, m[5] and m[5] ~= '')
   if KEYS[8] and not created then touch_owner(KEYS[8], KEYS[9], ARGV[23]) end
 elseif ttl_ms > 0 then

@@ -29,6 +29,7 @@ import asyncio
 import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
+from itertools import repeat
 from typing import Any, cast
 
 import hiredis
@@ -87,7 +88,7 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, timeout: float, on_lost: Callable[[_Connection], None]) -> None:
         self._reader = hiredis.Reader()
-        self._waiters: deque[asyncio.Future[Any]] = deque()
+        self._waiters: deque[asyncio.Future[Any] | None] = deque()  # None: a reply nobody waits for
         self._sent_at: deque[float] = deque()
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
@@ -115,7 +116,7 @@ class _Connection(asyncio.Protocol):
             while (reply := self._reader.gets()) is not False:
                 waiter = waiters.popleft()
                 sent_at.popleft()
-                if not waiter.done():  # a caller that gave up: drop its reply
+                if waiter is not None and not waiter.done():  # a caller that gave up: drop its reply
                     waiter.set_result(reply)
         except IndexError:
             # A reply to no command: Redis at maxclients says so on accepting, then hangs up.
@@ -137,7 +138,7 @@ class _Connection(asyncio.Protocol):
         self._sent_at.clear()
         while self._waiters:
             waiter = self._waiters.popleft()
-            if not waiter.done():
+            if waiter is not None and not waiter.done():
                 waiter.set_exception(type(error)(*error.args))  # one exception object per caller
 
     def _check_overdue(self) -> None:
@@ -148,13 +149,17 @@ class _Connection(asyncio.Protocol):
             return
         self._watchdog = loop.call_later(self._timeout / 4, self._check_overdue)
 
-    def send(self, packed: bytes) -> asyncio.Future[Any]:
+    def send(self, packed: bytes, skip: int = 0) -> asyncio.Future[Any]:
+        """Queue ``packed``: its reply, or with ``skip`` the reply after ``skip`` dropped ones."""
         if self.closed or self._transport is None:
             raise ConnectionError(str(self._failure or "connection to redis is closed"))
         loop = self._loop
-        waiter = loop.create_future()
+        waiter, now = loop.create_future(), loop.time()
+        if skip:
+            self._waiters.extend(repeat(None, skip))
+            self._sent_at.extend(repeat(now, skip))
         self._waiters.append(waiter)
-        self._sent_at.append(loop.time())
+        self._sent_at.append(now)
         outgoing = self._outgoing
         if not outgoing:
             loop.call_soon(self._flush)
@@ -226,26 +231,26 @@ class RespClient:
             self._batch = connection
         return connection
 
+    async def transaction(self, *commands: tuple[Arg, ...]) -> list[Any]:
+        """``commands`` in one MULTI / EXEC: atomic, one write and one round trip. Their replies, an
+        error reply as a ``hiredis.ReplyError`` in its place; RespError if Redis refused the block."""
+        connection = await self._batch_connection()
+        packed = b"".join((b"*1\r\n$5\r\nMULTI\r\n", *map(_pack, commands), b"*1\r\n$4\r\nEXEC\r\n"))
+        replies = await connection.send(packed, skip=len(commands) + 1)  # MULTI's OK, then QUEUED each
+        if isinstance(replies, hiredis.ReplyError):  # EXECABORT: a command was refused as it was queued
+            raise _error(replies)
+        return cast(list[Any], replies)
+
     async def run_script_then(
         self, script: Script, keys: tuple[Arg, ...], args: tuple[Arg, ...], command: tuple[Arg, ...]
     ) -> tuple[Any, Any]:
-        """The script, then ``command``, in one MULTI / EXEC: atomic, one write and one round trip.
+        """The script, then ``command``, in one transaction.
 
         For what a script should not carry through Lua: a long reply costs Redis more than twice
         as much CPU read inside a script as read by a plain command.
         """
-        for call in (b"EVALSHA", b"EVAL"):
-            body = script.sha if call == b"EVALSHA" else script.source
-            connection = await self._batch_connection()
-            sent = [
-                connection.send(_pack(one)) for one in ((b"MULTI",), (call, body, len(keys), *keys, *args), command)
-            ]
-            sent.append(connection.send(b"*1\r\n$4\r\nEXEC\r\n"))
-            replies = await asyncio.gather(*sent)
-            done = replies[-1]
-            if isinstance(done, hiredis.ReplyError):  # EXECABORT: a command was refused as it was queued
-                raise _error(done)
-            result, reply = done
+        for call, body in ((b"EVALSHA", script.sha), (b"EVAL", script.source)):
+            result, reply = await self.transaction((call, body, len(keys), *keys, *args), command)
             if isinstance(reply, hiredis.ReplyError):
                 raise _error(reply)
             if not isinstance(result, hiredis.ReplyError):
