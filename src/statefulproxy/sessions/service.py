@@ -96,7 +96,7 @@ class Turn:
     async def commit(self, reply: AssistantReply) -> bool:
         """Record the turn with ``reply``; False when the session was deleted or ended meanwhile
         (nothing was written), StoreError if the store failed."""
-        plan, request, service = self.plan, self.request, self.service
+        plan, request, service, lease = self.plan, self.request, self.service, self.lease
         if plan is None:
             return True  # a turn nobody asked to record (store: false) is what it should be
         try:
@@ -112,6 +112,7 @@ class Turn:
                 turn_metadata=request.turn_metadata,
                 namespace=request.namespace,
                 dialect=request.dialect.name,
+                lease_token=None if lease is None else lease.token,
             )
         except orjson.JSONEncodeError as exc:
             if not _too_deep(exc):
@@ -124,9 +125,6 @@ class Turn:
             write = dataclasses.replace(
                 write, idempotent=IdempotentReply(request.key.hashed, kept, service.settings.idempotency_ttl_ms)
             )
-        lease = self.lease
-        if lease is not None:
-            write = dataclasses.replace(write, lease_token=lease.token)
         metrics = service.metrics
         try:
             result = await service.store.commit(request.owner, self.session_id, write)

@@ -27,6 +27,7 @@ def turn_write(
     turn_metadata: dict[str, Any] | None = None,
     namespace: str | None = None,
     dialect: str | None = None,
+    lease_token: str | None = None,
 ) -> TurnWrite:
     """The write of a turn: ``plan``'s messages, then ``reply``'s, whose stored message is last.
 
@@ -83,6 +84,7 @@ def turn_write(
         create=NewSession(metadata=session_metadata(parsed_metadata), namespace=namespace, request_count=1)
         if create
         else None,
+        lease_token=lease_token,
     )
 
 

@@ -21,7 +21,6 @@ writes the index first (a round trip more), deleting unlists the session after d
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Literal, cast
@@ -58,6 +57,7 @@ from .redis_codec import (
     lease_args,
     new_fields,
     optional,
+    session_keys,
     session_record,
     translate_errors,
 )
@@ -333,14 +333,11 @@ class RedisStore:
         return owner.decode(), session_id.decode(), grant
 
     def _keys(self, owner: str, session_id: str) -> tuple[str, ...]:
-        digest = hashlib.blake2b(f"{owner}\0{session_id}".encode(), digest_size=16).hexdigest()
-        base = f"{self._prefix}:{{{digest}}}"
-        names = ("meta", "msgs", "window", "lease", "kept", "kept_until", "ids")
-        return tuple(f"{base}:{name}" for name in names)
+        return session_keys(self._prefix, owner, session_id)
 
     def _joined_keys(self, owner: str, session_id: str) -> tuple[str, ...]:
         """The session's keys, and on one node its owner's index keys."""
-        keys = self._keys(owner, session_id)
+        keys = session_keys(self._prefix, owner, session_id)
         return (*keys, *self._index.keys(owner)) if self._joined else keys
 
     async def _run(self, operation: str, script: Script, owner: str, session_id: str, *args: Any) -> Any:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import functools
+import hashlib
+from collections.abc import Sequence
 from typing import Any, cast
 
 import orjson
@@ -100,12 +101,21 @@ def _int(value: bytes | None) -> int | None:
     return int(value) if value else None
 
 
-@contextmanager
-def translate_errors(operation: str) -> Iterator[None]:
-    try:
-        yield
-    except (RespError, OSError) as exc:  # ConnectionError and TimeoutError are OSErrors
-        raise StoreError(f"redis store: {operation} failed: {exc or type(exc).__name__}") from exc
+class translate_errors:
+    """Redis' errors as StoreError, named by ``operation``. A class, not a @contextmanager: every
+    store call enters one, and a generator-based one costs several times as much."""
+
+    __slots__ = ("operation",)
+
+    def __init__(self, operation: str) -> None:
+        self.operation = operation
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, traceback: object) -> None:
+        if isinstance(exc, (RespError, OSError)):  # ConnectionError and TimeoutError are OSErrors
+            raise StoreError(f"redis store: {self.operation} failed: {exc or type(exc).__name__}") from exc
 
 
 def optional(text: str | None) -> str:
@@ -137,3 +147,10 @@ def commit_args(
     args += encode(write.head)
     args += encode(write.tail)
     return args
+
+
+@functools.lru_cache(maxsize=4096)  # a turn names its keys twice (load, commit); a hash and 7 strings each
+def session_keys(prefix: str, owner: str, session_id: str) -> tuple[str, ...]:
+    digest = hashlib.blake2b(f"{owner}\0{session_id}".encode(), digest_size=16).hexdigest()
+    base = f"{prefix}:{{{digest}}}"
+    return tuple(f"{base}:{name}" for name in ("meta", "msgs", "window", "lease", "kept", "kept_until", "ids"))

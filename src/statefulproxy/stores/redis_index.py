@@ -16,6 +16,7 @@ refresh concurrently with a turn's load and commit (no round trip more).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -95,8 +96,7 @@ class OwnerIndex:
         self._full_until: dict[str, tuple[float, float]] = {}
 
     def keys(self, owner: str) -> tuple[str, str]:
-        digest = hashlib.blake2b(owner.encode(), digest_size=16).hexdigest()
-        return f"{self._prefix}:{{i{digest}}}:index", f"{self._prefix}:{{i{digest}}}:seq"
+        return _index_keys(self._prefix, owner)
 
     async def add(self, owner: str, session_id: str, *, force: bool = False) -> int:
         """List ``session_id`` (a Cluster's creation): 1 listed now, 0 listed already, -1 at the cap."""
@@ -239,3 +239,9 @@ class OwnerIndex:
 
 def _has(fields: dict[str, str], wanted: dict[str, str] | None) -> bool:
     return not wanted or all(fields.get(key) == value for key, value in wanted.items())
+
+
+@functools.lru_cache(maxsize=1024)  # most turns name their owner's index keys
+def _index_keys(prefix: str, owner: str) -> tuple[str, str]:
+    digest = hashlib.blake2b(owner.encode(), digest_size=16).hexdigest()
+    return f"{prefix}:{{i{digest}}}:index", f"{prefix}:{{i{digest}}}:seq"

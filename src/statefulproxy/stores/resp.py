@@ -216,7 +216,9 @@ class RespClient:
         self._grow_after = 0.0  # loop time before which a busy pool does not try to grow again
 
     async def execute(self, *args: Arg) -> Any:
-        connection = await self._batch_connection()
+        connection = self._batch
+        if connection is None or connection.closed:  # the first command of this loop iteration
+            connection = await self._batch_connection()
         reply = await connection.send(_pack(args))
         if isinstance(reply, hiredis.ReplyError):
             raise _error(reply)
@@ -234,7 +236,9 @@ class RespClient:
     async def transaction(self, *commands: tuple[Arg, ...]) -> list[Any]:
         """``commands`` in one MULTI / EXEC: atomic, one write and one round trip. Their replies, an
         error reply as a ``hiredis.ReplyError`` in its place; RespError if Redis refused the block."""
-        connection = await self._batch_connection()
+        connection = self._batch
+        if connection is None or connection.closed:  # the first command of this loop iteration
+            connection = await self._batch_connection()
         packed = b"".join((b"*1\r\n$5\r\nMULTI\r\n", *map(_pack, commands), b"*1\r\n$4\r\nEXEC\r\n"))
         replies = await connection.send(packed, skip=len(commands) + 1)  # MULTI's OK, then QUEUED each
         if isinstance(replies, hiredis.ReplyError):  # EXECABORT: a command was refused as it was queued
