@@ -444,3 +444,31 @@ async def test_every_admitted_leased_turn_counts_once(store: Store) -> None:
     await store.release_lease(SCOPE, "s1", "C")  # the session is gone: nothing to count, nothing made
     assert await store.get(SCOPE, "s1") is None
     assert await store.load(SCOPE, "s1") is None
+
+
+@pytest.mark.parametrize("backend", ["redis"])
+async def test_redis_a_turn_after_a_pause_refreshes_the_ttl_in_its_commit(
+    make_store: StoreFactory, trace: contract.Trace
+) -> None:
+    """A session whose TTLs have run down past their slack but not near their end costs its next
+    turn no second round trip: the load stays one transaction, and the commit refreshes the TTLs."""
+    store = make_store(ttl=3600)
+    await store.commit(SCOPE, "s1", turn("u1", "a1", create=NewSession()))
+    client = make_store.diagnostics
+    keys = [key for key in await make_store.session_keys(store) if not key.endswith(":window")]
+    for key in keys:
+        await client.pexpire(key, 3_000_000)  # 10 minutes run down: past the 3.6 s slack
+
+    plain = ["MULTI", "HMGET", "PTTL", "GET", "SET", "LRANGE", "EXEC"]
+    assert (await trace(lambda: store.load(SCOPE, "s1", lease("A"))))[: len(plain)] == plain
+    assert all(2_990_000 < ttl <= 3_000_000 for ttl in [await client.pttl(key) for key in keys])  # none refreshed
+    assert await store.commit(SCOPE, "s1", leased(turn("u2"), "A")) == "ok"
+    assert all(3_590_000 < ttl <= 3_600_000 for ttl in [await client.pttl(key) for key in keys])  # the commit did
+    assert await request_count(store) == 1
+
+    for key in keys:
+        await client.pexpire(key, 300_000)  # 5 minutes left: the script refreshes it before the turn
+    assert await store.load(SCOPE, "s1", lease("B")) is not None
+    assert all(3_590_000 < ttl <= 3_600_000 for ttl in [await client.pttl(key) for key in keys])
+    await store.release_lease(SCOPE, "s1", "B")
+    assert await request_count(store) == 2

@@ -39,6 +39,8 @@ from .resp_types import Script as Script
 
 Arg = bytes | str | int | float
 
+MULTI, EXEC = b"*1\r\n$5\r\nMULTI\r\n", b"*1\r\n$4\r\nEXEC\r\n"
+
 
 def _pack(args: tuple[Arg, ...]) -> bytes:
     # hiredis' stubs type the argument as a 1-tuple; any tuple of arguments is what it takes
@@ -236,11 +238,15 @@ class RespClient:
     async def transaction(self, *commands: tuple[Arg, ...]) -> list[Any]:
         """``commands`` in one MULTI / EXEC: atomic, one write and one round trip. Their replies, an
         error reply as a ``hiredis.ReplyError`` in its place; RespError if Redis refused the block."""
+        packed = b"".join((MULTI, *map(_pack, commands), EXEC))
+        return await self.packed_transaction(packed, len(commands))
+
+    async def packed_transaction(self, packed: bytes, count: int) -> list[Any]:
+        """As ``transaction``, for ``count`` commands packed already, between MULTI and EXEC."""
         connection = self._batch
         if connection is None or connection.closed:  # the first command of this loop iteration
             connection = await self._batch_connection()
-        packed = b"".join((b"*1\r\n$5\r\nMULTI\r\n", *map(_pack, commands), b"*1\r\n$4\r\nEXEC\r\n"))
-        replies = await connection.send(packed, skip=len(commands) + 1)  # MULTI's OK, then QUEUED each
+        replies = await connection.send(packed, skip=count + 1)  # MULTI's OK, then QUEUED each
         if isinstance(replies, hiredis.ReplyError):  # EXECABORT: a command was refused as it was queued
             raise _error(replies)
         return cast(list[Any], replies)
