@@ -27,7 +27,7 @@ from .messages import ReasoningField, canonical, leading_system_count
 SpliceMode = Literal["new", "full_array", "resume", "replace"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built on every turn, and a frozen one pays a setattr per field
 class TurnPlan:
     mode: SpliceMode
     forward: list[bytes] | None  # serialized messages of the outgoing `messages` array; None: as sent

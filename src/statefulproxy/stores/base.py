@@ -42,7 +42,7 @@ def check_window(window: HistoryWindow | None) -> None:
         raise ValueError(f"a history window is (max_messages, max_tokens), ints >= 0, not {window!r}")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built on every turn, and a frozen one pays a setattr per field
 class StoredMessage:
     replay: bytes  # orjson bytes of the minimal replayable message
     info: bytes  # orjson bytes of {"id", "created_at", ...}: never sent upstream
@@ -67,7 +67,7 @@ class SessionLimits:
     max_requests: int | None = None  # over the session's lifetime
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built on every turn, and a frozen one pays a setattr per field
 class SessionSnapshot:
     """What the chat hot path needs: one store round trip."""
 
@@ -145,7 +145,7 @@ class IdempotentReply:
     ttl_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built on every turn, and a frozen one pays a setattr per field
 class TurnWrite:
     """One atomic change to a session's history.
 
@@ -166,7 +166,7 @@ class TurnWrite:
     idempotent: IdempotentReply | None = None  # kept with the turn when it is written
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built on every turn, and a frozen one pays a setattr per field
 class Lease:
     """One turn's hold on a session: only the holder of ``token`` may commit a turn or renew it."""
 

@@ -254,11 +254,8 @@ class RespClient:
     async def run_script_then(
         self, script: Script, keys: tuple[Arg, ...], args: tuple[Arg, ...], command: tuple[Arg, ...]
     ) -> tuple[Any, Any]:
-        """The script, then ``command``, in one transaction.
-
-        For what a script should not carry through Lua: a long reply costs Redis more than twice
-        as much CPU read inside a script as read by a plain command.
-        """
+        """The script, then ``command``, in one transaction: for a long reply, which costs Redis more
+        than twice as much CPU read inside a script as read by a plain command."""
         for call, body in ((b"EVALSHA", script.sha), (b"EVAL", script.source)):
             result, reply = await self.transaction((call, body, len(keys), *keys, *args), command)
             if isinstance(reply, hiredis.ReplyError):
