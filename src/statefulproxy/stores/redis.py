@@ -1,5 +1,5 @@
 """The Redis store: per session a hash, a list, a rate window, a lease, kept replies and an id index;
-one Lua script per change.
+one Lua script per change (but a common turn's load: plain commands, stores/redis_load.py).
 
 Session keys are ``<prefix>:{<h>}:meta`` (hash), ``:msgs`` (list), ``:window`` (sorted set),
 ``:lease`` (the holding turn's token, always with a PX TTL), ``:kept`` / ``:kept_until``
@@ -13,8 +13,8 @@ owner secret ``<prefix>:secret`` has none.
 
 The URL picks the client: one node, a Redis Cluster (stores/cluster.py) or Sentinel's master
 (stores/sentinel.py). On one node a session's scripts also do its owner's index work (the cap,
-the listing, the index TTL), and a load reads the history by a plain LRANGE beside its script in
-one MULTI. On a Cluster each owner's index is on one slot, and each session on its own: creating
+the listing, the index TTL), and a load that runs its script reads the history by a plain LRANGE
+beside it in one MULTI. On a Cluster each owner's index is on one slot, and each session on its own: creating
 writes the index first (a round trip more), deleting unlists the session after deleting it.
 """
 
