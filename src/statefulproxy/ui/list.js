@@ -81,7 +81,8 @@ export class SessionList {
       this.scroller,
     );
     this.observer = new IntersectionObserver((entries) => {
-      if (entries.some((entry) => entry.isIntersecting)) this.more();
+      // an entry may tell of a layout before the last page's rows pushed the end out of view
+      if (entries.some((entry) => entry.isIntersecting) && this.sentinelInView()) this.more();
     }, { root: this.scroller, rootMargin: '200px' });
     this.observer.observe(this.sentinel);
   }
