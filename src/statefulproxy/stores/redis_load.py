@@ -3,10 +3,10 @@
 On one node the common turn (an active session without rate limits, its lease free, its TTL
 fresh, no Idempotency-Key) is read by plain commands in one MULTI: ``HMGET`` of the meta
 fields, ``PTTL``, ``GET`` and ``SET NX PX`` of the lease, ``LRANGE``, and for a capped owner
-``ZSCORE`` / ``ZCARD`` of its index (room for a new session). Measured with RedisStore on this machine
-(16 turns in flight, 10 messages), that costs redis-server about a quarter of the LOAD
-script's CPU: Lua in Redis pays a couple of microseconds per ``redis.call``, a plain command
-in a transaction a fraction of one. Such a load changes nothing in the session, so it is not
+``ZSCORE`` / ``ZCARD`` of its index (room for a new session). In the bench that costs
+redis-server 10-15 µs against about 30 for the LOAD script (bench/PROFILE.md): Lua in Redis
+pays a couple of microseconds per ``redis.call``, a plain command in a transaction a fraction
+of one. Such a load changes nothing in the session, so it is not
 counted there: the turn's commit (or, without one, the release of its lease) counts it in
 ``request_count``, in the same step. A busy lease and an absent session are answered from what
 it read, as the LOAD script would. When the turn needs more (a limit to count against, TTLs to
@@ -49,16 +49,10 @@ async def plain_load(
     indexed = bool(cap) and len(keys) > 7  # a new session needs room under the owner's cap
     before, after = _packed_load(keys[0], keys[1], keys[3], keys[7] if indexed else "", session_id)
     token, ttl = lease.token.encode(), b"%d" % lease.ttl_ms
-    packed = b"%s$%d\r\n%s\r\n$2\r\nNX\r\n$2\r\nPX\r\n$%d\r\n%s\r\n%s" % (
-        before,
-        len(token),
-        token,
-        len(ttl),
-        ttl,
-        after,
-    )
-    meta, pttl, holder, took, elements, *index = await client.packed_transaction(packed, 7 if indexed else 5)
-    if holder is not None and holder != lease.token.encode():
+    set_args = b"$%d\r\n%s\r\n$2\r\nNX\r\n$2\r\nPX\r\n$%d\r\n%s\r\n" % (len(token), token, len(ttl), ttl)
+    replies = await client.packed_transaction(before + set_args + after, 7 if indexed else 5)
+    meta, pttl, holder, took, elements, *index = replies
+    if holder is not None and holder != token:
         raise SessionBusy(f"session {session_id!r} is busy: another turn holds its lease")
     status, expires_at, leading_system, rpm, max_requests, window = meta
     fresh_ms = pttl - (ttl_ms - ttl_slack_ms(ttl_ms)) if ttl_ms > 0 else _FOREVER
