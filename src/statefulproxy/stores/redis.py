@@ -178,7 +178,7 @@ class RedisStore:
 
     async def commit(self, owner: str, session_id: str, write: TurnWrite) -> CommitResult:
         new = write.create
-        flags = self._counts(write.lease_token)
+        flags = self._commit_flags(write.lease_token)
         args = commit_args(write, self._clock(), self._ttl_ms, session_id, self._index.cap, self._index.ttl_ms, flags)
         if new is None or self._joined:
             result = await self._turn_script("commit", self._commit, owner, session_id, args)
@@ -304,10 +304,10 @@ class RedisStore:
         return bool(await self._run("renew_lease", self._renew_lease, owner, session_id, *lease_args(lease)))
 
     async def release_lease(self, owner: str, session_id: str, token: str) -> None:
-        count = self._counts(token) & 1
+        count = self._commit_flags(token) & 1
         await self._run("release_lease", self._release_lease, owner, session_id, token, count)
 
-    def _counts(self, token: str | None) -> int:
+    def _commit_flags(self, token: str | None) -> int:
         """The commit's flags for the turn holding ``token``, asked once: 1 it is still to be counted
         (its load did not), 2 as well: its load found the TTLs fresh enough to last until now."""
         fresh_until = self._uncounted.pop(token, None) if token is not None else None
